@@ -1,0 +1,230 @@
+"""The ``adamodal`` command line.
+
+Exit codes: 0 success; 1 bad data, a failed fetch or a failed run; 2 a bad command line or
+config (unknown key, invalid value); 130 interrupted. Errors are one line on stderr, never a
+traceback (set ``ADAMODAL_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from adamodal import __version__
+from adamodal.errors import AdamodalError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file with config keys (flat dotted keys or tables)")
+    p.add_argument("--set", dest="assignments", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set method=fedprox fedprox.mu=0.1 (see `adamodal config`)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resolve(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from adamodal.config import load_toml, parse_assignments, resolve
+
+    file_values = load_toml(args.config) if getattr(args, "config", None) else {}
+    overrides = dict(extra or {})
+    overrides.update(parse_assignments(args.assignments))
+    return resolve(file_values, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from adamodal.config import load_toml, resolve
+    from adamodal.engine.simulator import run_experiment
+    from adamodal.report import plot_history, print_table, run_rows
+
+    if args.resume:
+        out = Path(args.resume)
+        cfg = resolve(load_toml(out / "config.toml"))
+    else:
+        cfg = _resolve(args)
+        out = args.out or Path("runs") / f"{cfg['dataset']}-{cfg['method']}-s{cfg['seed']}"
+    summary = run_experiment(cfg, out, progress=not args.quiet, resume=bool(args.resume), force=args.force)
+    plot_history(summary, out / "history.png")
+    header, rows = run_rows(summary)
+    print_table(header, rows, title=f"{summary['method']} on {summary['dataset']}: {summary['rounds']} rounds, "
+                f"{summary['wall_s']:.1f} s, {summary['bytes_up'] / 1e6:.2f} MB up")
+    print(f"wrote {out}/summary.json, metrics.jsonl, config.toml, history.png")
+    return 0
+
+
+def run_bench(methods: list[str], seeds: list[int], base: dict[str, Any], out: Path, *, quiet: bool,
+              title: str) -> dict[str, list[dict[str, Any]]]:
+    """Every method x seed on the same scenario; a markdown table and a bar plot in ``out``."""
+    from adamodal.config import resolve
+    from adamodal.engine.simulator import run_experiment
+    from adamodal.report import (
+        comparison_rows,
+        markdown_table,
+        plot_comparison,
+        plot_history,
+        print_table,
+    )
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        for seed in seeds:
+            cfg = resolve({}, {**base, "method": method, "seed": seed})
+            run_dir = out / method / f"seed{seed}"
+            if not quiet:
+                print(f"== {method} seed {seed}", file=sys.stderr)
+            summary = run_experiment(cfg, run_dir, progress=not quiet, force=True)
+            plot_history(summary, run_dir / "history.png")
+            runs.setdefault(method, []).append(summary)
+    header, rows = comparison_rows(runs)
+    cfg0 = resolve({}, dict(base))
+    scenario = (f"{cfg0['dataset']}: {cfg0['clients.multimodal']} image+text / {cfg0['clients.image_only']} image-only / "
+                f"{cfg0['clients.text_only']} text-only clients, partition={cfg0['partition']}"
+                f"{' alpha=' + str(cfg0['partition.alpha']) if cfg0['partition'] == 'dirichlet' else ''}, "
+                f"{cfg0['rounds']} rounds, seeds {', '.join(map(str, seeds))}")
+    md = f"# {title}\n\n{scenario}\n\nGroup metrics pool each client's predictions on its own test split.\n\n"
+    md += markdown_table(header, rows)
+    (out / "results.md").write_text(md)
+    (out / "results.json").write_text(json.dumps(runs, indent=1))
+    plot_comparison(runs, out / "comparison.png")
+    print_table(header, rows, title=f"{title} — {scenario}")
+    print(f"wrote {out}/results.md, results.json, comparison.png")
+    return runs
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from adamodal.config import load_toml, parse_assignments
+
+    base = load_toml(args.config) if args.config else {}
+    base.update(parse_assignments(args.assignments))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    _resolve(args)  # validate once before spending time
+    from adamodal.methods import get_method_class
+
+    for m in methods:
+        get_method_class(m)
+    run_bench(methods, seeds, base, args.out, quiet=args.quiet, title="Method comparison")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    run_bench(["local", "fedavg", "central"], [0], {}, args.out, quiet=args.quiet,
+              title="adamodal demo (default scenario)")
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s; plots: {args.out}/comparison.png, "
+          f"{args.out}/<method>/seed0/history.png")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from adamodal.cache import cache_dir
+    from adamodal.data import get_source
+
+    cfg = _resolve(args, {"dataset": args.name})
+    source = get_source(args.name, cfg.section(args.name))
+    if args.action == "fetch":
+        t0 = time.perf_counter()
+        path = source.fetch(cache_dir())
+        print(f"{args.name}: fetched into {path} ({time.perf_counter() - t0:.1f} s)")
+        return 0
+    import numpy as np
+
+    from adamodal.data.scenario import build_scenario
+
+    bundle = source.load(cache_dir())
+    print(f"dataset   {bundle.name}: {source.description}")
+    print(f"task      {bundle.task}, {bundle.num_classes} classes")
+    print(f"items     {len(bundle)} ({len(np.unique(bundle.groups))} identity groups)")
+    print(f"modalities {', '.join(bundle.modalities)}")
+    if bundle.images is not None:
+        print(f"images    {bundle.images.shape[2]}x{bundle.images.shape[3]}x{bundle.images.shape[4]}, "
+              f"domains: {', '.join(bundle.domains)}")
+    for k, v in bundle.meta.items():
+        print(f"{k:<9} {v}")
+    cls = bundle.class_ids()
+    counts = np.bincount(cls, minlength=bundle.num_classes)
+    print("classes   " + ", ".join(f"{c} ({counts[i]})" for i, c in enumerate(bundle.classes)))
+    scen = build_scenario(bundle, cfg)
+    print(f"\nscenario (partition={cfg['partition']}, seed={cfg['seed']}): {len(scen.clients)} clients")
+    print(f"{'client':>6} {'group':<11} {'domain':<9} {'train':>6} {'val':>5} {'test':>5}")
+    for c in scen.clients:
+        dom = scen.domains[c.domain] if "image" in c.modalities else "-"
+        print(f"{c.cid:>6} {c.group:<11} {dom:<9} {len(c.splits['train']):>6} {len(c.splits['val']):>5} {len(c.splits['test']):>5}")
+    print("server test: " + ", ".join(f"{k} {len(v)} rows" for k, v in scen.test.items()))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _resolve(args)
+    print(cfg.to_toml(), end="")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from adamodal.methods import get_method_class, method_names
+
+    for name in method_names():
+        print(f"{name:<14} {get_method_class(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adamodal", description="Federated learning when clients are missing a modality.")
+    p.add_argument("--version", action="version", version=f"adamodal {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run one experiment")
+    _config_args(r)
+    r.add_argument("--out", type=Path, help="run folder (default runs/<dataset>-<method>-s<seed>)")
+    r.add_argument("--resume", metavar="DIR", help="continue a killed run from its last checkpoint")
+    r.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="compare methods on the same clients, splits and seeds")
+    _config_args(b)
+    b.add_argument("--methods", default="local,fedavg,fedavg_group,fedprox,central")
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--out", type=Path, default=Path("runs/bench"))
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="local vs fedavg vs central on the default scenario, table and plots")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="fetch a data set into the cache or describe it")
+    data.add_argument("action", choices=("fetch", "info"))
+    data.add_argument("name")
+    _config_args(data)
+    data.set_defaults(func=cmd_data)
+
+    c = sub.add_parser("config", help="print the resolved configuration (all keys, defaults applied)")
+    _config_args(c)
+    c.set_defaults(func=cmd_config)
+
+    m = sub.add_parser("methods", help="list the methods")
+    m.set_defaults(func=cmd_methods)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AdamodalError as exc:
+        if os.environ.get("ADAMODAL_DEBUG"):
+            raise
+        print(f"adamodal: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("adamodal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The in-process simulator and the training helpers every method shares."""

@@ -1,0 +1,307 @@
+"""The in-process simulator: one process, clients one after another, one model in memory.
+
+It drives any :class:`~adamodal.methods.base.Method` through the same phase protocol the
+Flower runtime uses, counts the bytes of every message, evaluates every client (pooled per
+modality group) and the server's test set, and checkpoints after every round so a killed run
+resumes (``--resume``) to the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adamodal.cache import cache_dir
+from adamodal.config import Config
+from adamodal.data import get_source
+from adamodal.data.base import Bundle
+from adamodal.data.scenario import GROUPS, Scenario, build_scenario
+from adamodal.devices import resolve_device
+from adamodal.engine.tensors import Tensors, materialize
+from adamodal.engine.train import predict
+from adamodal.errors import AdamodalError
+from adamodal.methods import get_method_class
+from adamodal.methods.base import ClientContext, ClientInfo, Message, Method
+from adamodal.metrics import METRICS, clean, compute_metrics
+from adamodal.model import ModelSpec
+from adamodal.towers.features import Inputs, build_inputs
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from (seed, round, client, phase): every random draw of a run
+    depends only on where it happens, so a resumed run draws exactly what the original did."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class ClientData:
+    cid: int
+    group: str
+    modalities: tuple[str, ...]
+    train: Tensors
+    val: Tensors
+    test: Tensors
+
+
+@dataclass
+class Experiment:
+    """A data set made ready for a run: features, scenario, model spec and per-client tensors."""
+
+    cfg: Config
+    bundle: Bundle
+    inputs: Inputs
+    scenario: Scenario
+    spec: ModelSpec
+    clients: list[ClientData]
+    test: dict[str, Tensors]
+    #: the server's test set as each client sees it (its modalities, its image domain),
+    #: shared by clients with the same (group, domain): a larger, steadier per-group measure
+    #: than the clients' own small test splits
+    test_as_client: dict[int, Tensors] = field(default_factory=dict)
+
+    def infos(self) -> list[ClientInfo]:
+        return [ClientInfo(c.cid, c.group, c.modalities, len(c.train)) for c in self.clients]
+
+
+def model_spec(cfg: dict[str, Any], bundle: Bundle, inputs: Inputs) -> ModelSpec:
+    return ModelSpec(
+        task=bundle.task, num_classes=bundle.num_classes, modalities=bundle.modalities,
+        input_kind=inputs.kind, img_dim=inputs.img_dim, txt_dim=inputs.txt_dim, img_shape=inputs.img_shape,
+        dim=int(cfg["model.dim"]), dropout=float(cfg["model.dropout"]),
+        image_tower=str(cfg["model"]), text_tower=str(cfg["text_model"]),
+    )
+
+
+def prepare(cfg: Config, progress: bool = True) -> Experiment:
+    """Load (fetching if needed) the data set, its features and the scenario."""
+    source = get_source(cfg["dataset"], cfg.section(cfg["dataset"]))
+    bundle = source.load(cache_dir())
+    device = resolve_device(str(cfg["device"]))
+    inputs = build_inputs(bundle, str(cfg["towers"]), cache_dir(), device=str(device), progress=progress)
+    scenario = build_scenario(bundle, cfg)
+    clients = []
+    for spec in scenario.clients:
+        t = {s: materialize(inputs, bundle.labels, spec.splits[s]) for s in ("train", "val", "test")}
+        if len(t["train"]) == 0:
+            raise AdamodalError(f"client {spec.cid} has no training samples; lower split.val/split.test")
+        clients.append(ClientData(spec.cid, spec.group, spec.modalities, t["train"], t["val"], t["test"]))
+    test = {cond: materialize(inputs, bundle.labels, view) for cond, view in scenario.test.items()}
+    shared: dict[tuple[str, int], Tensors] = {}
+    as_client: dict[int, Tensors] = {}
+    for spec in scenario.clients:
+        key = (spec.group, spec.domain if "image" in spec.modalities else -1)
+        if key not in shared:
+            shared[key] = materialize(inputs, bundle.labels, scenario.test_view_for(spec))
+        as_client[spec.cid] = shared[key]
+    return Experiment(cfg, bundle, inputs, scenario, model_spec(cfg, bundle, inputs), clients, test, as_client)
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint holds besides the method's own state."""
+
+    round: int = 0
+    client_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines
+    history: list[dict[str, Any]] = field(default_factory=list)
+    bytes_up: dict[int, int] = field(default_factory=dict)
+    bytes_down: dict[int, int] = field(default_factory=dict)
+    time_s: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+class Simulator:
+    def __init__(self, exp: Experiment, out_dir: Path, *, progress: bool = True) -> None:
+        self.exp = exp
+        self.cfg = exp.cfg
+        self.out = Path(out_dir)
+        self.progress = progress and sys.stderr.isatty()
+        self.method: Method = get_method_class(self.cfg["method"])(self.cfg, exp.spec, exp.infos())
+        self.device = resolve_device(str(self.cfg["device"]))
+        self.state = RunState()
+
+    # ---- one client ------------------------------------------------------------------
+    def context(self, cid: int, seed: int) -> ClientContext:
+        c = self.exp.clients[cid]
+        return ClientContext(
+            cid=cid, group=c.group, modalities=c.modalities, train=c.train, val=c.val, test=c.test,
+            spec=self.exp.spec, cfg=self.cfg, seed=seed, device=self.device,
+            state=self.state.client_states.get(cid, {}),
+        )
+
+    # ---- one round -------------------------------------------------------------------
+    def sample(self, rnd: int) -> list[int]:
+        n = len(self.exp.clients)
+        k = max(1, int(round(float(self.cfg["participation"]) * n)))
+        rng = np.random.default_rng([int(self.cfg["seed"]), rnd, 3])
+        return sorted(int(c) for c in rng.choice(n, size=k, replace=False))
+
+    def run_round(self, rnd: int) -> None:
+        st, method = self.state, self.method
+        sampled = self.sample(rnd)
+        for p_idx, phase in enumerate(method.phases(rnd)):
+            t0 = time.perf_counter()
+            cids = method.participants(phase, rnd, sampled)
+            messages = method.configure(phase, rnd, cids)
+            replies: dict[int, Message] = {}
+            bar = tqdm(cids, desc=f"round {rnd} {phase}", leave=False, disable=not self.progress, unit="client")
+            for cid in bar:
+                msg = messages[cid]
+                st.bytes_down[cid] = st.bytes_down.get(cid, 0) + msg.nbytes()
+                seed = derive_seed(self.cfg["seed"], rnd, cid, p_idx)
+                torch.manual_seed(seed)
+                ctx = self.context(cid, seed)
+                reply = method.client_step(phase, rnd, ctx, msg)
+                st.client_states[cid] = ctx.state
+                st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
+                replies[cid] = reply
+            method.aggregate(phase, rnd, replies)
+            st.time_s[phase] = st.time_s.get(phase, 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch.manual_seed(derive_seed(self.cfg["seed"], rnd, 10**6))
+        method.end_round(rnd)
+        st.time_s["server"] = st.time_s.get("server", 0.0) + time.perf_counter() - t0
+
+    # ---- evaluation ------------------------------------------------------------------
+    def evaluate(self, rnd: int) -> dict[str, Any]:
+        """Per client on its own test split, pooled per group; the server's test set three ways."""
+        t0 = time.perf_counter()
+        task = self.exp.spec.task
+        method = self.method
+        pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        pooled_server: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        per_client_test: dict[str, list[dict[str, float]]] = {}
+        global_model = method.global_model()
+        for c in self.exp.clients:
+            ctx = self.context(c.cid, 0)
+            model = method.client_model(ctx, method.eval_message(c.cid))
+            scores = predict(model, c.test, task)
+            y = c.test.y.numpy()
+            metrics = compute_metrics(scores, y, task)
+            self.state.records.append(clean({
+                "round": rnd, "client": c.cid, "group": c.group, **metrics,
+                "bytes_up": self.state.bytes_up.get(c.cid, 0), "bytes_down": self.state.bytes_down.get(c.cid, 0),
+            }))
+            pooled.setdefault(c.group, []).append((scores, y))
+            seen = self.exp.test_as_client[c.cid]
+            pooled_server.setdefault(c.group, []).append((predict(model, seen, task), seen.y.numpy()))
+            if global_model is None:  # no server model: every client's model on the server's test set
+                for cond, data in self.exp.test.items():
+                    per_client_test.setdefault(cond, []).append(compute_metrics(predict(model, data, task), data.y.numpy(), task))
+        groups, groups_server = {}, {}
+        for g in GROUPS:
+            if g in pooled:
+                for src, dst in ((pooled, groups), (pooled_server, groups_server)):
+                    m = compute_metrics(np.concatenate([p[0] for p in src[g]]), np.concatenate([p[1] for p in src[g]]), task)
+                    dst[g] = {k: m[k] for k in METRICS} | {"clients": len(src[g]), "n": m["n"]}
+        test = {}
+        for cond, data in self.exp.test.items():
+            if global_model is not None:
+                m = compute_metrics(predict(global_model, data, task), data.y.numpy(), task)
+            else:
+                rows = per_client_test[cond]
+                m = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
+            test[cond] = {"macro_auc": m["macro_auc"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+        self.state.time_s["eval"] = self.state.time_s.get("eval", 0.0) + time.perf_counter() - t0
+        return clean({"round": rnd, "groups": groups, "groups_server_test": groups_server, "test": test})
+
+    # ---- persistence -----------------------------------------------------------------
+    def checkpoint(self) -> None:
+        st = self.state
+        payload = {
+            "round": st.round, "server": self.method.server_state(), "state": st.__dict__,
+            "config": dict(self.cfg),
+        }
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.out / CHECKPOINT)
+        write_jsonl(self.out / "metrics.jsonl", st.records)
+
+    def restore(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            raise AdamodalError(f"{path}: no checkpoint to resume from")
+        payload = torch.load(path, weights_only=False)
+        self.method.init_server()
+        self.method.load_server_state(payload["server"])
+        self.state = RunState(**payload["state"])
+
+    # ---- the whole run ---------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.restore()
+        else:
+            self.cfg.save(self.out / "config.toml")
+            self.method.init_server()
+        rounds = int(self.cfg["rounds"])
+        every = int(self.cfg["eval.every"])
+        start = time.perf_counter() - self.state.wall_s
+        if self.state.round == 0 and not self.state.history:
+            self.state.history.append(self.evaluate(0))
+        bar = tqdm(range(self.state.round + 1, rounds + 1), desc=f"{self.cfg['method']}", disable=not self.progress,
+                   unit="round", initial=self.state.round, total=rounds)
+        for rnd in bar:
+            self.run_round(rnd)
+            if rnd % every == 0 or rnd == rounds:
+                entry = self.evaluate(rnd)
+                self.state.history.append(entry)
+                auc = entry["groups"].get("multimodal", next(iter(entry["groups"].values()), {})).get("macro_auc")
+                if auc is not None:
+                    bar.set_postfix(auc=f"{auc:.3f}")
+            self.state.round = rnd
+            self.state.wall_s = time.perf_counter() - start
+            self.checkpoint()
+        summary = self.summary()
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        st = self.state
+        last = st.history[-1]
+        rounds = max(int(self.cfg["rounds"]), 1)
+        return clean({
+            "method": self.cfg["method"], "dataset": self.cfg["dataset"], "rounds": int(self.cfg["rounds"]),
+            "seed": int(self.cfg["seed"]), "wall_s": round(st.wall_s, 3),
+            "bytes_up": int(sum(st.bytes_up.values())), "bytes_down": int(sum(st.bytes_down.values())),
+            "bytes_up_per_round": int(sum(st.bytes_up.values()) / rounds),
+            "bytes_down_per_round": int(sum(st.bytes_down.values()) / rounds),
+            "groups": last["groups"], "groups_server_test": last["groups_server_test"], "test": last["test"],
+            "history": st.history,
+            "clients": self.exp.scenario.counts(),
+            "domains": self.exp.scenario.domains,
+            "time_s": {k: round(v, 3) for k, v in st.time_s.items()},
+        })
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Never overwrite a finished or checkpointed run unless asked to."""
+    if out.exists() and not force and ((out / "summary.json").exists() or (out / CHECKPOINT).exists()):
+        raise AdamodalError(f"{out} already holds a run; pass --force to overwrite it or --resume {out} to continue it")
+
+
+def run_experiment(cfg: Config, out_dir: Path, *, progress: bool = True, resume: bool = False,
+                   force: bool = False) -> dict[str, Any]:
+    if not resume:
+        check_out_dir(Path(out_dir), force)
+    exp = prepare(cfg, progress=progress)
+    return Simulator(exp, out_dir, progress=progress).run(resume=resume)

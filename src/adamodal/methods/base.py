@@ -1,0 +1,204 @@
+"""The method contract, driven identically by the in-process simulator and the Flower runtime.
+
+A round is a list of *phases*. In each phase the server builds one :class:`Message` per
+participating client (:meth:`Method.configure`), each client answers with a Message
+(:meth:`Method.client_step`), and the server consumes the answers (:meth:`Method.aggregate`).
+One phase is one ``grid.send_and_receive`` in Flower, so a method whose round needs two
+exchanges (summaries up, fusion down, then training) just declares two phases. Messages carry
+only named numpy arrays and a few scalars; the engine counts their bytes.
+
+Client-side code sees only its own :class:`ClientContext` (its data, its persisted state and
+the message); server-side code sees only messages and :class:`ClientInfo`. Neither can reach
+the other's memory, which is what makes the same file run under Flower.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from adamodal.devices import resolve_device
+from adamodal.engine.tensors import Tensors
+from adamodal.model import ModelSpec, build_model
+
+Scalar = int | float | str | bool
+
+
+@dataclass
+class Message:
+    """Named arrays plus small scalars: everything that crosses the network."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    scalars: dict[str, Scalar] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        """Bytes on the wire, counted the same way for every method: raw array bytes plus
+        the scalars serialised as JSON."""
+        arrays = sum(int(np.asarray(a).nbytes) for a in self.arrays.values())
+        scalars = len(json.dumps(self.scalars, sort_keys=True).encode()) if self.scalars else 0
+        return arrays + scalars
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the server knows about a client: declared when the client joins, not its data."""
+
+    cid: int
+    group: str  # "multimodal" | "image_only" | "text_only"
+    modalities: tuple[str, ...]
+    num_train: int
+
+
+@dataclass
+class ClientContext:
+    """Everything a client computes with. Lives on the client; never sent anywhere."""
+
+    cid: int
+    group: str
+    modalities: tuple[str, ...]
+    train: Tensors
+    val: Tensors
+    test: Tensors
+    spec: ModelSpec
+    cfg: dict[str, Any]
+    seed: int
+    device: torch.device
+    #: named arrays the client keeps between rounds (personal parameters, optimizer-free)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def generator(self) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        return g
+
+
+class Method(ABC):
+    """One federated (or baseline) algorithm. Subclasses live one per file in ``methods/``.
+
+    Lifecycle on the server: ``__init__`` -> ``init_server`` -> for each round: for each phase
+    in ``phases(rnd)``: ``participants`` -> ``configure`` -> (clients run ``client_step``) ->
+    ``aggregate``; then ``end_round``. Evaluation uses ``eval_message`` (server) and
+    ``client_model`` (client), and ``global_model`` for the server's test set.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: extra config keys of this method (``"<method>.<key>": default``)
+    config_defaults: ClassVar[dict[str, Any]] = {}
+    #: True when clients send raw inputs (only ``central``, which is not federated)
+    moves_raw_data: ClassVar[bool] = False
+
+    def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.clients = {c.cid: c for c in clients}
+        self.seed = int(cfg["seed"])
+        self.device = resolve_device(str(cfg["device"]))
+        self._model: nn.Module | None = None
+
+    # ---- shared helpers -------------------------------------------------------------
+    def model(self) -> nn.Module:
+        """One reusable model instance per process (memory O(model), not O(clients x model));
+        callers always load the weights they need into it first."""
+        if self._model is None:
+            self._model = build_model(self.spec, self.seed).to(self.device)
+        return self._model
+
+    def initial_params(self) -> dict[str, np.ndarray]:
+        """The seed's initial weights, identical on every machine."""
+        return state_arrays(build_model(self.spec, self.seed))
+
+    # ---- server side ----------------------------------------------------------------
+    def init_server(self) -> None:  # noqa: B027 - optional hook
+        """Create the server's initial state (e.g. global parameters)."""
+
+    def phases(self, rnd: int) -> list[str]:
+        """Names of this round's exchanges, in order."""
+        return ["train"]
+
+    def participants(self, phase: str, rnd: int, sampled: list[int]) -> list[int]:
+        """Clients asked in this phase; by default the round's sample (participation)."""
+        return sampled
+
+    @abstractmethod
+    def configure(self, phase: str, rnd: int, cids: list[int]) -> dict[int, Message]:
+        """The message each participating client receives."""
+
+    @abstractmethod
+    def aggregate(self, phase: str, rnd: int, replies: dict[int, Message]) -> None:
+        """Consume the clients' replies (clients that failed are simply absent)."""
+
+    def end_round(self, rnd: int) -> None:  # noqa: B027 - optional hook
+        """Server-side work after the round's phases (e.g. central training)."""
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume the server, as named arrays (checkpointed each round)."""
+        return {}
+
+    def load_server_state(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027
+        """Inverse of :meth:`server_state`."""
+
+    def eval_message(self, cid: int) -> Message:
+        """What the server sends a client so it can evaluate (default: nothing)."""
+        return Message()
+
+    def global_model(self) -> nn.Module | None:
+        """The server's model for the global test set, or None if the method has none."""
+        return None
+
+    # ---- client side ----------------------------------------------------------------
+    @abstractmethod
+    def client_step(self, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
+        """Run one phase on one client; may update ``ctx.state``; returns the reply."""
+
+    @abstractmethod
+    def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
+        """The model this client predicts with, given its state and the eval message."""
+
+
+# ---- parameter helpers used by the methods ----------------------------------------------
+
+def state_arrays(model: nn.Module, prefixes: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """A model's parameters and buffers as numpy copies, optionally only some modules."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if prefixes is None or k.startswith(prefixes):
+            out[k] = v.detach().cpu().numpy().copy()
+    return out
+
+
+def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> nn.Module:
+    """Load (a subset of) named arrays into ``model`` in place."""
+    if not arrays:
+        return model
+    current = model.state_dict()
+    unknown = [k for k in arrays if k not in current]
+    if unknown:
+        raise KeyError(f"arrays not in the model: {unknown[:5]}")
+    with torch.no_grad():
+        for k, a in arrays.items():
+            current[k].copy_(torch.as_tensor(a))
+    return model
+
+
+def weighted_average(updates: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+    """sum_i w_i * u_i / sum_i w_i, key by key, in float64 for exactness; keeps input dtypes."""
+    if not updates:
+        raise ValueError("nothing to average")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weights must sum to a positive number")
+    out = {}
+    for key, first in updates[0].items():
+        acc = np.zeros(first.shape, dtype=np.float64)
+        for u, w in zip(updates, weights, strict=True):
+            acc += (w / total) * u[key].astype(np.float64)
+        out[key] = acc.astype(first.dtype) if np.issubdtype(first.dtype, np.floating) else np.rint(acc).astype(first.dtype)
+    return out
