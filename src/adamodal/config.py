@@ -46,7 +46,10 @@ CORE_DEFAULTS: dict[str, Any] = {
     "split.val": 0.1,
     "split.test": 0.2,
     "split.global_test": 0.2,
+    "data.max_items": 0,
     "eval.every": 1,
+    "eval.max_rows": 2000,
+    "threads": 1,
 }
 
 #: keys whose value must be one of a fixed set (methods and data sets are checked by name)
@@ -79,7 +82,10 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "split.val": (0, 1, True, False),
     "split.test": (0, 1, True, False),
     "split.global_test": (0, 1, True, False),
+    "data.max_items": (0, 1e12, True, True),
     "eval.every": (1, 1e9, True, True),
+    "eval.max_rows": (1, 1e12, True, True),
+    "threads": (0, 1024, True, True),
 }
 
 

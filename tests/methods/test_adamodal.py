@@ -1,0 +1,198 @@
+"""AdaModal-Fed: the phases, what crosses the network, distillation, and an end-to-end run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adamodal.engine.tensors import Tensors
+from adamodal.errors import ConfigError
+from adamodal.fusion import GLOBAL_PREFIXES
+from adamodal.methods.adamodal import AdaModalFed, comparable_scores, contribution_weights
+from adamodal.methods.base import ClientContext, Message
+from tests.conftest import with_config
+
+
+def _method(exp, **overrides):
+    exp = with_config(exp, method="adamodal", **overrides)
+    m = AdaModalFed(exp.cfg, exp.spec, exp.infos())
+    m.init_server()
+    return exp, m
+
+
+def _ctx(exp, m, cid, states, seed=0):
+    c = exp.clients[cid]
+    return ClientContext(c.cid, c.group, c.modalities, c.train, c.val, c.test, m.spec, m.cfg, seed, m.device,
+                         state=states.get(cid, {}))
+
+
+def _round(exp, m, rnd, states, log=None):
+    """One round driven like the simulator does, optionally logging every reply."""
+    sampled = [c.cid for c in exp.clients]
+    for p, phase in enumerate(m.phases(rnd)):
+        cids = m.participants(phase, rnd, sampled)
+        msgs = m.configure(phase, rnd, cids)
+        replies = {}
+        for cid in cids:
+            ctx = _ctx(exp, m, cid, states, seed=1000 * rnd + 10 * cid + p)
+            torch.manual_seed(ctx.seed)
+            replies[cid] = m.client_step(phase, rnd, ctx, msgs[cid])
+            states[cid] = ctx.state
+            if log is not None:
+                log.append((phase, cid, replies[cid]))
+        m.aggregate(phase, rnd, replies)
+    m.end_round(rnd)
+
+
+@pytest.mark.parametrize(("key", "value"), [("impute", "nearest"), ("share", "rows"), ("contribution", "loss")])
+def test_enum_options_are_validated(small_experiment, key, value):
+    with pytest.raises(ConfigError, match=f"adamodal.{key}"):
+        _method(small_experiment, **{f"adamodal__{key}": value})
+
+
+def test_kd_threshold_must_be_a_quantile(small_experiment):
+    with pytest.raises(ConfigError, match="kd_threshold"):
+        _method(small_experiment, adamodal__kd_threshold=1.5)
+
+
+def test_phases():
+    from adamodal.methods.adamodal import AdaModalFed as M
+
+    m = object.__new__(M)
+    m.opt = {"kd": True}
+    assert m.phases(1) == ["warmup", "teach", "kd", "summarize", "train"]
+    assert m.phases(2) == ["summarize", "train"]
+    m.opt = {"kd": False}
+    assert m.phases(1) == ["warmup", "summarize", "train"]
+
+
+def _raw_rows(exp, cid):
+    c = exp.clients[cid].train
+    return [x.numpy() for x in (c.x_img, c.x_txt) if x is not None]
+
+
+def _inspect(exp, log, share_embeddings):
+    """Every reply: no per-sample dimension and no raw input row, unless embeddings are shared."""
+    per_sample_seen = False
+    for phase, cid, reply in log:
+        n = len(exp.clients[cid].train)
+        for key, a in reply.arrays.items():
+            a = np.asarray(a)
+            if n in a.shape:
+                per_sample_seen = True
+                assert share_embeddings and phase == "summarize", f"{phase} {key}{a.shape}: per-sample array"
+            for raw in _raw_rows(exp, cid):
+                if a.ndim == 2 and a.shape[1] == raw.shape[1]:
+                    hits = (np.abs(a[:, None, :] - raw[None, :, :]).max(-1) < 1e-6).any()
+                    assert not hits, f"{phase} {key}: a raw input row left client {cid}"
+    return per_sample_seen
+
+
+def test_server_never_receives_raw_inputs_or_per_sample_embeddings(small_experiment):
+    exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd_epochs=1)
+    states, log = {}, []
+    _round(exp, m, 1, states, log)
+    _round(exp, m, 2, states, log)
+    assert {p for p, _, _ in log} == {"warmup", "teach", "kd", "summarize", "train"}
+    assert not _inspect(exp, log, share_embeddings=False)
+    # after round 1 only global parts and summaries go up: projections stay home
+    for phase, _, reply in log:
+        if phase in ("train", "summarize"):
+            assert all(k.startswith(GLOBAL_PREFIXES) or k[:2] in ("c_", "n_") for k in reply.arrays)
+    # the positive control: share=embeddings does send per-sample rows (so the check can fail)
+    exp2, m2 = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False,
+                       adamodal__share="embeddings")
+    log2 = []
+    _round(exp2, m2, 1, {}, log2)
+    assert _inspect(exp2, log2, share_embeddings=True)
+
+
+def test_summary_upload_is_small(small_experiment):
+    exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False)
+    states, log = {}, []
+    _round(exp, m, 1, states, log)
+    for phase, _, reply in log:
+        if phase == "summarize":
+            assert reply.nbytes() < 2 * 8 * (exp.spec.dim + 1) * 4 + 200
+    k = m.knowledge
+    assert k["C_img"].shape[0] == len(k["pi"]) == k["Z_img"].shape[0]
+    assert sorted(k["pi"].tolist()) == list(range(len(k["pi"])))
+
+
+def _kl_to(model, teacher, data: Tensors, t: float) -> float:
+    with torch.no_grad():
+        model.eval()
+        teacher.eval()
+        s = model(data.x_img, data.x_txt, data.m_img, data.m_txt)
+        p = torch.softmax(teacher(data.x_img, data.x_txt, data.m_img, data.m_txt) / t, -1)
+        return float((p * (p.log() - torch.log_softmax(s / t, -1))).sum(-1).mean())
+
+
+def test_kd_lowers_the_students_kl_to_its_teacher(small_experiment):
+    """The image-only client distils from a multimodal teacher that sees only its images."""
+    exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd_epochs=3,
+                     adamodal__kd_teachers=1, adamodal__kd_weight=5.0, adamodal__infonce_weight=0.0)
+    student, teacher = 3, 0
+    states = {}
+    for cid in (student, teacher):
+        ctx = _ctx(exp, m, cid, states)
+        torch.manual_seed(cid)
+        reply = m.client_step("warmup", 1, ctx, Message())
+        states[cid] = ctx.state
+        m.scores[cid] = reply.scalars["val_auc"]
+    m.teachers = [teacher]
+    ctx = _ctx(exp, m, teacher, states)
+    m.packages = {teacher: m.client_step("teach", 1, ctx, Message()).arrays}
+    msg = m.kd_message(student)
+    assert msg.scalars["teachers"] == 1
+    t_model = m.build()
+    m.fresh(states[teacher])
+    t_model.load_state_dict(m.model().state_dict())
+    data = exp.clients[student].train
+    before = _kl_to(m.fresh(states[student]), t_model, data, 2.0)
+    ctx = _ctx(exp, m, student, states)
+    m.client_step("kd", 1, ctx, msg)
+    after = _kl_to(m.fresh(ctx.state), t_model, data, 2.0)
+    assert after < 0.7 * before
+
+
+def test_contribution_weights():
+    n = np.array([10.0, 10.0, 40.0])
+    assert np.allclose(contribution_weights(n, np.zeros(3), "size", 1.0), n / n.sum())
+    w = contribution_weights(n, np.array([0.9, 0.5, 0.5]), "score", 0.1)
+    assert w[0] > w[1] and w[2] == pytest.approx(4 * w[1])
+    flat = contribution_weights(n, np.array([0.9, 0.5, 0.5]), "score", 1e6)
+    assert np.allclose(flat, n / n.sum(), atol=1e-6)
+
+
+def test_scores_stay_on_one_scale():
+    s = comparable_scores({0: {"val_auc": 0.9, "val_loss": 0.3}, 1: {"val_auc": 0.7, "val_loss": 0.9}})
+    assert s == {0: 0.9, 1: 0.7}
+    s = comparable_scores({0: {"val_auc": float("nan"), "val_loss": 0.3}, 1: {"val_auc": 0.7, "val_loss": 0.9}})
+    assert s[0] > s[1] and s[0] == pytest.approx(-0.3)
+
+
+def test_server_state_round_trip(small_experiment):
+    exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False)
+    _round(exp, m, 1, {})
+    state = m.server_state()
+    _, m2 = _method(small_experiment)
+    m2.load_server_state(state)
+    for a, b in ((m.global_params, m2.global_params), (m.knowledge, m2.knowledge)):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert m2.global_model() is None
+
+
+def test_three_rounds_end_to_end_on_emoji(tmp_path):
+    from adamodal.config import resolve
+    from adamodal.engine.simulator import run_experiment
+
+    cfg = resolve({}, {"method": "adamodal", "rounds": 3, "clients.multimodal": 4, "clients.image_only": 1,
+                       "clients.text_only": 1, "seed": 0, "device": "cpu"})
+    summary = run_experiment(cfg, tmp_path / "run", progress=False)
+    for key in ("groups", "groups_server_test"):
+        assert set(summary[key]) == {"multimodal", "image_only", "text_only"}
+        for group, metrics in summary[key].items():
+            assert metrics["macro_auc"] > 0.75, (key, group, metrics)
+    assert summary["bytes_up"] > 0

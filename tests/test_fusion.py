@@ -1,0 +1,222 @@
+"""Model parts and losses of AdaModal-Fed on toy data (fast, fixed seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adamodal.fusion import (
+    AdaModalNet,
+    CrossAttentionImputer,
+    ForgetGate,
+    Knowledge,
+    build_adamodal_net,
+    info_nce,
+    kd_loss,
+    soft_targets,
+)
+from adamodal.model import ModelSpec, build_model
+
+SPEC = ModelSpec(task="multiclass", num_classes=4, modalities=("image", "text"), input_kind="features",
+                 img_dim=12, txt_dim=10, img_shape=(12,), dim=16, dropout=0.0)
+
+
+@torch.no_grad()
+def _kl(student_logits, teacher_logits, t=1.0):
+    p = torch.softmax(teacher_logits / t, -1)
+    return float((p * (p.log() - F.log_softmax(student_logits / t, -1))).sum(-1).mean())
+
+
+def test_kd_lowers_the_students_kl_to_the_teacher():
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    teacher, student = nn.Linear(8, 5), nn.Linear(8, 5)
+    with torch.no_grad():
+        t_logits = teacher(x) * 3
+    before = _kl(student(x), t_logits)
+    opt = torch.optim.Adam(student.parameters(), lr=0.05)
+    target = soft_targets([t_logits], 2.0, "multiclass")
+    for _ in range(100):
+        loss = kd_loss(student(x), target, 2.0, "multiclass")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = _kl(student(x), t_logits)
+    assert after < 0.3 * before
+
+
+def test_kd_loss_is_zero_only_at_the_teacher():
+    torch.manual_seed(1)
+    logits = torch.randn(6, 4)
+    for task in ("multiclass", "multilabel"):
+        same = kd_loss(logits, soft_targets([logits], 3.0, task), 3.0, task)
+        other = kd_loss(torch.randn(6, 4), soft_targets([logits], 3.0, task), 3.0, task)
+        assert float(same) == pytest.approx(0.0, abs=1e-5)
+        assert float(other) > 1e-3
+
+
+def test_soft_targets_average_teacher_probabilities():
+    a = torch.tensor([[10.0, 0.0]])
+    b = torch.tensor([[0.0, 10.0]])
+    avg = soft_targets([a, b], 1.0, "multiclass")
+    assert torch.allclose(avg, torch.tensor([[0.5, 0.5]]), atol=1e-4)
+
+
+def test_infonce_raises_paired_over_unpaired_cosine():
+    torch.manual_seed(0)
+    z = torch.randn(200, 6)  # a latent shared by both modalities
+    xa = z @ torch.randn(6, 20) + 0.1 * torch.randn(200, 20)
+    xb = z @ torch.randn(6, 14) + 0.1 * torch.randn(200, 14)
+    pa, pb = nn.Linear(20, 8), nn.Linear(14, 8)
+
+    def gap():
+        with torch.no_grad():
+            s = F.normalize(pa(xa), dim=-1) @ F.normalize(pb(xb), dim=-1).T
+        paired = s.diag().mean()
+        unpaired = (s.sum() - s.diag().sum()) / (len(s) * (len(s) - 1))
+        return float(paired - unpaired)
+
+    before = gap()
+    opt = torch.optim.Adam([*pa.parameters(), *pb.parameters()], lr=0.01)
+    for step in range(150):
+        rows = torch.arange(step * 32 % 200, step * 32 % 200 + 32) % 200
+        loss = info_nce(pa(xa[rows]), pb(xb[rows]), 0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = gap()
+    assert after > 0.5
+    assert after > before + 0.4
+
+
+def test_infonce_needs_two_pairs():
+    x = torch.randn(1, 4, requires_grad=True)
+    assert float(info_nce(x, x, 0.1)) == 0.0
+
+
+def _toy_pairs(seed=0, k=6, per=30, dim=16):
+    """Paired clusters: image cluster j goes with text cluster j (a different place)."""
+    g = torch.Generator().manual_seed(seed)
+    ci, ct = torch.randn(k, dim, generator=g) * 2, torch.randn(k, dim, generator=g) * 2
+    lab = torch.arange(k).repeat_interleave(per)
+    img = ci[lab] + 0.4 * torch.randn(len(lab), dim, generator=g)
+    txt = ct[lab] + 0.4 * torch.randn(len(lab), dim, generator=g)
+    return img, txt, ci, ct
+
+
+def test_imputer_trained_on_pairs_beats_mean_imputation():
+    torch.manual_seed(0)
+    img, txt, _, _ = _toy_pairs()
+    # the server's view: per-cluster centroids of each modality, row j paired with row j
+    keys = torch.stack([img[j * 30:(j + 1) * 30].mean(0) for j in range(6)])
+    values = torch.stack([txt[j * 30:(j + 1) * 30].mean(0) for j in range(6)])
+    ca = CrossAttentionImputer(16, heads=2, key_dim=8, rank=8)
+    opt = torch.optim.Adam(ca.parameters(), lr=0.01)
+    train, test = torch.arange(0, 180, 2), torch.arange(1, 180, 2)
+    for _ in range(200):
+        loss = F.mse_loss(ca(img[train], keys, values), txt[train])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mse_ca = F.mse_loss(ca(img[test], keys, values), txt[test])
+    mse_mean = F.mse_loss(txt[train].mean(0).expand(len(test), -1), txt[test])
+    assert float(mse_ca) < 0.5 * float(mse_mean)
+
+
+def test_imputer_attention_is_a_distribution():
+    ca = CrossAttentionImputer(16, heads=4)
+    w = ca.attention(torch.randn(5, 16), torch.randn(7, 16))
+    assert w.shape == (5, 4, 7)
+    assert torch.allclose(w.sum(-1), torch.ones(5, 4), atol=1e-5)
+    assert torch.all(w >= 0)
+
+
+def test_forget_gate_output_lies_between_r_and_z():
+    torch.manual_seed(0)
+    gate = ForgetGate(16, tau=0.5)
+    nn.init.normal_(gate.linear.weight, std=0.3)  # a gate far from its initial value
+    r, z = torch.randn(64, 16), torch.randn(64, 16)
+    out = gate(r, z)
+    lo, hi = torch.minimum(r, z), torch.maximum(r, z)
+    assert torch.all(out >= lo - 1e-6) and torch.all(out <= hi + 1e-6)
+    g = gate.gate(r, z)
+    assert torch.all((g >= 0) & (g <= 1)) and g.std() > 0.1
+    # the temperature sharpens the gate: at small tau, g is nearer to 0 or 1
+    sharp = ForgetGate(16, tau=0.05)
+    sharp.load_state_dict(gate.state_dict())
+    assert (sharp.gate(r, z) - 0.5).abs().mean() > (g - 0.5).abs().mean()
+
+
+def _knowledge(model: AdaModalNet, k=5):
+    rng = np.random.default_rng(0)
+    c_img = rng.normal(size=(k, 16)).astype(np.float32)
+    c_txt = rng.normal(size=(k, 16)).astype(np.float32)
+    pi = rng.permutation(k)
+    return {"C_img": c_img, "C_txt": c_txt, "pi": pi, "mean_img": c_img.mean(0), "mean_txt": c_txt.mean(0)}
+
+
+def _batch(n=8, img=True, txt=True):
+    torch.manual_seed(3)
+    return (torch.randn(n, 12), torch.randn(n, 10), torch.full((n,), img), torch.full((n,), txt))
+
+
+def test_adamodalnet_has_multimodalnet_initial_weights():
+    base, ada = build_model(SPEC, 7), build_adamodal_net(SPEC, 7)
+    for k, v in base.state_dict().items():
+        assert torch.equal(v, ada.state_dict()[k])
+
+
+def test_knowledge_pairs_text_rows_by_pi():
+    model = build_adamodal_net(SPEC, 0)
+    arrays = _knowledge(model)
+    k = Knowledge.from_arrays(arrays, "cpu")
+    assert k is not None and k.paired
+    assert torch.allclose(k.keys["text"][0], torch.as_tensor(arrays["C_txt"][arrays["pi"][0]]))
+    assert torch.equal(k.protos["text"], k.keys["text"])  # no Z sent: prototypes = centroids
+
+
+def test_missing_modality_is_imputed_not_zero():
+    model = build_adamodal_net(SPEC, 0, gate=False).eval()
+    x_img, x_txt, m_img, m_txt = _batch(txt=False)
+    zero_filled = model(x_img, torch.zeros_like(x_txt), m_img, m_txt)
+    model.set_knowledge(_knowledge(model))
+    imputed = model(x_img, torch.zeros_like(x_txt), m_img, m_txt)
+    assert not torch.allclose(zero_filled, imputed)
+    # the imputation depends only on the image, never on what sits in the text slot
+    again = model(x_img, torch.randn_like(x_txt), m_img, m_txt)
+    assert torch.allclose(imputed, again, atol=1e-6)
+    # impute=zero keeps the baseline behaviour (masked zero slot)
+    base = build_adamodal_net(SPEC, 0, impute="zero", gate=False).eval()
+    base.set_knowledge(_knowledge(base))
+    assert torch.allclose(base(x_img, torch.zeros_like(x_txt), m_img, m_txt), zero_filled, atol=1e-6)
+
+
+def test_impute_modes_give_what_they_say():
+    model = build_adamodal_net(SPEC, 0, impute="mean", gate=False)
+    arrays = _knowledge(model)
+    model.set_knowledge(arrays)
+    r = torch.randn(3, 16)
+    assert torch.allclose(model.impute("text", "image", r), torch.as_tensor(arrays["mean_txt"]).expand(3, -1))
+    hard = build_adamodal_net(SPEC, 0, cross_attention=False, gate=False).set_knowledge(arrays)
+    k = hard.knowledge
+    out = hard.impute("text", "image", k.keys["image"][[2, 0]] + 1e-3)
+    assert torch.allclose(out, k.keys["text"][[2, 0]])  # the matched centroid of the nearest cluster
+
+
+def test_modality_dropout_only_in_training():
+    model = build_adamodal_net(SPEC, 0, modality_dropout=0.99)
+    model.set_knowledge(_knowledge(model))
+    batch = _batch()
+    model.eval()
+    a = model(*batch)
+    b = model(*batch)
+    assert torch.allclose(a, b)
+    model.train()
+    torch.manual_seed(0)
+    c = model(*batch)
+    assert set(model.last["imputed"]) == {"image", "text"}
+    assert not torch.allclose(a, c)
