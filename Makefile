@@ -10,6 +10,9 @@ venv: $(STAMP)
 
 # torch goes first, pinned, so no dependency pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
+	@# Fashion-MNIST comes from Debian's archive: make sure apt knows the package (root only).
+	@if command -v apt-cache >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  ! apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then apt-get update -qq || true; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0

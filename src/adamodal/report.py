@@ -11,6 +11,9 @@ import numpy as np
 from adamodal.data.scenario import GROUPS
 
 GROUP_LABEL = {"multimodal": "image+text", "image_only": "image-only", "text_only": "text-only"}
+#: compact column labels so a comparison fits an 80-column terminal
+SHORT = {"multimodal": "I+T", "image_only": "I", "text_only": "T", "macro_auc": "AUC", "macro_f1": "F1",
+         "micro_f1": "µF1", "accuracy": "acc"}
 
 
 def _fmt(values: Sequence[float | None]) -> str:
@@ -22,24 +25,27 @@ def _fmt(values: Sequence[float | None]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
 
 
-def comparison_rows(runs: dict[str, list[dict[str, Any]]], metrics: Sequence[str] = ("macro_auc", "macro_f1")
-                    ) -> tuple[list[str], list[list[str]]]:
-    """One row per method: per-group metrics (mean ± std over seeds), server test, bytes up per round."""
-    groups = [g for g in GROUPS if any(g in s["groups"] for rs in runs.values() for s in rs)]
+def comparison_rows(runs: dict[str, list[dict[str, Any]]], metrics: Sequence[str] = ("macro_auc", "macro_f1"),
+                    key: str = "groups") -> tuple[list[str], list[list[str]]]:
+    """One row per method: per-group metrics (mean ± std over seeds), server test, bytes up per round.
+
+    ``key`` picks the per-group numbers: ``groups`` (clients' own test splits) or
+    ``groups_server_test`` (the server's test set seen with each client's modalities)."""
+    groups = [g for g in GROUPS if any(g in s[key] for rs in runs.values() for s in rs)]
     header = ["method"]
     for g in groups:
-        header += [f"{GROUP_LABEL[g]} {m.replace('_', '-')}" for m in metrics]
-    header += ["test (both) AUC" if any("both" in s["test"] for rs in runs.values() for s in rs) else "test AUC",
-               "MB up / round", "wall s"]
+        header += [f"{SHORT[g]} {SHORT[m]}" for m in metrics]
+    header += ["test AUC (both)" if any("both" in s["test"] for rs in runs.values() for s in rs) else "test AUC",
+               "MB up/round", "wall s"]
     rows = []
     for method, summaries in runs.items():
         row = [method]
         for g in groups:
             for m in metrics:
-                row.append(_fmt([s["groups"].get(g, {}).get(m) for s in summaries]))
+                row.append(_fmt([s[key].get(g, {}).get(m) for s in summaries]))
         cond = "both" if "both" in summaries[0]["test"] else next(iter(summaries[0]["test"]))
         row.append(_fmt([s["test"].get(cond, {}).get("macro_auc") for s in summaries]))
-        row.append(f"{np.mean([s['bytes_up_per_round'] for s in summaries]) / 1e6:.3f}")
+        row.append(f"{np.mean([s['bytes_up_per_round'] for s in summaries]) / 1e6:.2f}")
         row.append(f"{np.mean([s['wall_s'] for s in summaries]):.1f}")
         rows.append(row)
     return header, rows
@@ -51,16 +57,19 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_table(header: list[str], rows: list[list[str]], title: str | None = None) -> None:
+def print_table(header: list[str], rows: list[list[str]], title: str | None = None,
+                caption: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption)
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for r in rows:
         table.add_row(*r)
-    Console().print(table)
+    console = Console()
+    # wide enough for the comparison columns even when piped (rich falls back to 80 columns)
+    Console(width=max(console.width, 120)).print(table)
 
 
 def run_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -102,6 +111,9 @@ def plot_history(summary: dict[str, Any], path: Path, metric: str = "macro_auc")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+CAPTION = "I+T = image+text clients, I = image-only, T = text-only; mean ± std over seeds"
 
 
 def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, metric: str = "macro_auc") -> Path:

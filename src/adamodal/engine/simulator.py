@@ -180,7 +180,12 @@ class Simulator:
 
     # ---- evaluation ------------------------------------------------------------------
     def evaluate(self, rnd: int) -> dict[str, Any]:
-        """Per client on its own test split, pooled per group; the server's test set three ways."""
+        """Per client on its own test split, pooled per group; the server's test set three ways.
+
+        Methods without a server model are scored on the server's test set with every client's
+        model, averaged; that costs clients x test rows, so it is done at the last round only.
+        """
+        final = rnd == int(self.cfg["rounds"])
         t0 = time.perf_counter()
         task = self.exp.spec.task
         method = self.method
@@ -201,7 +206,7 @@ class Simulator:
             pooled.setdefault(c.group, []).append((scores, y))
             seen = self.exp.test_as_client[c.cid]
             pooled_server.setdefault(c.group, []).append((predict(model, seen, task), seen.y.numpy()))
-            if global_model is None:  # no server model: every client's model on the server's test set
+            if global_model is None and final:  # no server model: every client's model on the server's test set
                 for cond, data in self.exp.test.items():
                     per_client_test.setdefault(cond, []).append(compute_metrics(predict(model, data, task), data.y.numpy(), task))
         groups, groups_server = {}, {}
@@ -212,6 +217,8 @@ class Simulator:
                     dst[g] = {k: m[k] for k in METRICS} | {"clients": len(src[g]), "n": m["n"]}
         test = {}
         for cond, data in self.exp.test.items():
+            if global_model is None and not final:
+                continue
             if global_model is not None:
                 m = compute_metrics(predict(global_model, data, task), data.y.numpy(), task)
             else:

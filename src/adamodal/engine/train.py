@@ -23,11 +23,12 @@ def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     lr, wd = float(cfg["lr"]), float(cfg["weight_decay"])
     name = cfg["optimizer"]
+    # foreach: one multi-tensor kernel per step instead of one per parameter (CPU default is off)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True)
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
