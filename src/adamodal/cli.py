@@ -8,7 +8,6 @@ traceback (set ``ADAMODAL_DEBUG=1`` to see one).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -55,51 +54,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench(methods: list[str], seeds: list[int], base: dict[str, Any], out: Path, *, quiet: bool,
-              title: str) -> dict[str, list[dict[str, Any]]]:
-    """Every method x seed on the same scenario; a markdown table and a bar plot in ``out``."""
-    from adamodal.config import resolve
-    from adamodal.engine.simulator import run_experiment
-    from adamodal.report import (
-        CAPTION,
-        comparison_rows,
-        markdown_table,
-        plot_comparison,
-        plot_history,
-        print_table,
-    )
-
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for method in methods:
-        for seed in seeds:
-            cfg = resolve({}, {**base, "method": method, "seed": seed})
-            run_dir = out / method / f"seed{seed}"
-            if not quiet:
-                print(f"== {method} seed {seed}", file=sys.stderr)
-            summary = run_experiment(cfg, run_dir, progress=not quiet, force=True)
-            plot_history(summary, run_dir / "history.png")
-            runs.setdefault(method, []).append(summary)
-    cfg0 = resolve({}, dict(base))
-    scenario = (f"{cfg0['dataset']}: {cfg0['clients.multimodal']} image+text / {cfg0['clients.image_only']} image-only / "
-                f"{cfg0['clients.text_only']} text-only clients, partition={cfg0['partition']}"
-                f"{' alpha=' + str(cfg0['partition.alpha']) if cfg0['partition'] == 'dirichlet' else ''}, "
-                f"{cfg0['rounds']} rounds, seeds {', '.join(map(str, seeds))}")
-    own = comparison_rows(runs, key="groups")
-    server = comparison_rows(runs, key="groups_server_test")
-    md = (f"# {title}\n\n{scenario}\n\n{CAPTION}.\n\n"
-          "## Each client on its own test split (pooled per group)\n\n" + markdown_table(*own) +
-          "\n## Each client's model on the server test set, seen with its modalities and image domain\n\n"
-          + markdown_table(*server))
-    (out / "results.md").write_text(md)
-    (out / "results.json").write_text(json.dumps(runs, indent=1))
-    plot_comparison(runs, out / "comparison.png")
-    print(f"{title} — {scenario}")
-    print_table(*own, title="each client on its own test split", caption=CAPTION)
-    print_table(*server, title="each client's model on the server test set (its modalities, its vendor)")
-    print(f"wrote {out}/results.md, results.json, comparison.png")
-    return runs
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from adamodal.config import load_toml, parse_assignments
 
@@ -112,11 +66,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     for m in methods:
         get_method_class(m)
+    from adamodal.bench import run_bench
+
     run_bench(methods, seeds, base, args.out, quiet=args.quiet, title="Method comparison")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from adamodal.bench import run_bench
+
     t0 = time.perf_counter()
     run_bench(["local", "fedavg", "central"], [0], {}, args.out, quiet=args.quiet,
               title="adamodal demo (default scenario)")
