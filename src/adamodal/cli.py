@@ -97,6 +97,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     import numpy as np
 
     from adamodal.data.scenario import build_scenario
+    from adamodal.errors import DataError
 
     bundle = source.load(cache_dir())
     print(f"dataset   {bundle.name}: {source.description}")
@@ -111,7 +112,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     cls = bundle.class_ids()
     counts = np.bincount(cls, minlength=bundle.num_classes)
     print("classes   " + ", ".join(f"{c} ({counts[i]})" for i, c in enumerate(bundle.classes)))
-    scen = build_scenario(bundle, cfg)
+    try:
+        scen = build_scenario(bundle, cfg)
+    except DataError as exc:  # the data set is fine; only the default scenario does not fit it
+        print(f"\nscenario: {exc}")
+        return 0
     print(f"\nscenario (partition={cfg['partition']}, seed={cfg['seed']}): {len(scen.clients)} clients")
     print(f"{'client':>6} {'group':<11} {'domain':<9} {'train':>6} {'val':>5} {'test':>5}")
     for c in scen.clients:
