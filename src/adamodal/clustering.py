@@ -5,21 +5,22 @@ those centroids with the counts as sample weights (so a centroid that stands for
 pulls 80 times harder than one that stands for one), then pairs image clusters with text
 clusters by the Hungarian algorithm on ``1 - cosine``.
 
-K-Means is seeded with scikit-learn's k-means++ (:func:`sklearn.cluster.kmeans_plusplus`,
-weighted) followed by plain Lloyd iterations in numpy. On the tiny inputs of this setting
-(tens of rows per client) :class:`sklearn.cluster.KMeans` spends ~25 ms per call in input
-validation and thread-pool set-up, which at 20 clients x 2 modalities x 20 rounds would
-dominate a run; the tests check that this implementation reaches the same inertia as
-scikit-learn's.
+K-Means is weighted k-means++ seeding followed by Lloyd iterations, in numpy. On the tiny
+inputs of this setting (tens of rows per client) :class:`sklearn.cluster.KMeans` spends
+~25 ms per call in input validation and thread-pool set-up, which at 20 clients x 2
+modalities x 20 rounds would be a large share of a run; the tests check that this
+implementation reaches scikit-learn's inertia and that a weight acts as repeated points.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import kmeans_plusplus
+from threadpoolctl import ThreadpoolController
 
 
 @dataclass
@@ -30,15 +31,51 @@ class KMeansResult:
     inertia: float
 
 
+@cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def single_threaded_blas() -> AbstractContextManager:
+    """BLAS limited to one thread: these matrices are tiny (tens of rows), and a multi-threaded
+    BLAS on a busy machine spends 10-50x longer synchronising threads than computing."""
+    return _blas().limit(limits=1, user_api="blas")
+
+
+def _kmeans_pp(x: np.ndarray, sq: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Weighted k-means++ seeding: each next centre is drawn with probability proportional to
+    weight x squared distance to the nearest centre chosen so far (stops early when every
+    point already coincides with a centre)."""
+    n = len(x)
+    centers = np.empty((k, x.shape[1]))
+    centers[0] = x[rng.choice(n, p=w / w.sum())]
+    d2 = np.maximum(sq - 2 * x @ centers[0] + (centers[0] ** 2).sum(), 0.0)
+    for j in range(1, k):
+        p = w * d2
+        total = p.sum()
+        if total <= 1e-12:  # every point already is a centre: fewer distinct points than k
+            return centers[:j]
+        centers[j] = x[int(rng.choice(n, p=p / total))]
+        d2 = np.minimum(d2, np.maximum(sq - 2 * x @ centers[j] + (centers[j] ** 2).sum(), 0.0))
+    return centers
+
+
 def weighted_kmeans(
     x: np.ndarray, k: int, weights: np.ndarray | None = None, *, seed: int = 0, n_init: int = 2,
     max_iter: int = 50, tol: float = 1e-6,
 ) -> KMeansResult:
-    """Weighted K-Means (minimises sum_i w_i ||x_i - c_{l(i)}||^2); best of ``n_init`` runs.
+    """Weighted K-Means (minimises sum_i w_i ||x_i - c_{l(i)}||^2); best of ``n_init`` runs
+    of weighted k-means++ seeding followed by Lloyd iterations.
 
     ``k`` is capped by the number of distinct rows, so callers need not special-case tiny
-    inputs. Empty clusters are re-seeded at the point currently worst explained.
+    inputs. An empty cluster is re-seeded at the point currently worst explained.
     """
+    with single_threaded_blas():
+        return _weighted_kmeans(x, k, weights, seed, n_init, max_iter, tol)
+
+
+def _weighted_kmeans(x: np.ndarray, k: int, weights: np.ndarray | None, seed: int, n_init: int,
+                     max_iter: int, tol: float) -> KMeansResult:
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
     if n == 0:
@@ -46,33 +83,32 @@ def weighted_kmeans(
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (n,) or np.any(w < 0) or w.sum() <= 0:
         raise ValueError("weighted_kmeans: weights must be n non-negative numbers with a positive sum")
-    k = int(max(1, min(k, len(np.unique(x, axis=0)))))
+    k = int(max(1, min(k, int((w > 0).sum()))))
     rng = np.random.default_rng(seed)
     sq = (x**2).sum(1)
+    rows = np.arange(n)
     best: KMeansResult | None = None
     for _ in range(max(1, n_init)):
-        state = int(rng.integers(0, 2**31 - 1))
-        centers, _ = kmeans_plusplus(x, k, sample_weight=w + 1e-12, random_state=state)
-        labels = np.zeros(n, dtype=np.int64)
-        for it in range(max_iter):
+        centers = _kmeans_pp(x, sq, w, k, rng)
+        k = len(centers)
+        for _it in range(max_iter):
             d2 = sq[:, None] - 2 * x @ centers.T + (centers**2).sum(1)[None, :]
             labels = d2.argmin(1)
-            mass = np.bincount(labels, weights=w, minlength=k)
-            sums = np.zeros_like(centers)
-            np.add.at(sums, labels, x * w[:, None])
+            onehot = np.zeros((n, k))
+            onehot[rows, labels] = w
+            mass = onehot.sum(0)
             new = centers.copy()
             filled = mass > 0
-            new[filled] = sums[filled] / mass[filled, None]
+            new[filled] = (onehot.T @ x)[filled] / mass[filled, None]
             for j in np.flatnonzero(~filled):  # re-seed an empty cluster at the worst point
-                far = int((w * d2[np.arange(n), labels]).argmax())
-                new[j] = x[far]
+                new[j] = x[int((w * d2[rows, labels]).argmax())]
             shift = float(((new - centers) ** 2).sum())
             centers = new
-            if shift <= tol and it > 0:
+            if shift <= tol:
                 break
         d2 = np.maximum(sq[:, None] - 2 * x @ centers.T + (centers**2).sum(1)[None, :], 0.0)
         labels = d2.argmin(1)
-        inertia = float((w * d2[np.arange(n), labels]).sum())
+        inertia = float((w * d2[rows, labels]).sum())
         if best is None or inertia < best.inertia:
             counts = np.bincount(labels, weights=w, minlength=k)
             best = KMeansResult(centers, labels, counts, inertia)

@@ -12,6 +12,11 @@ clusters and pairs those centroids, and the cross-attention imputer reads them b
 * :class:`AdaModalNet` is :class:`~adamodal.model.MultimodalNet` with the two modules above and
   the server's broadcast knowledge, so that ``forward(x_img, x_txt, m_img, m_txt)`` predicts
   with an imputed representation wherever a modality is missing, never a zero vector.
+
+Communication: the large square-ish matrices (projections, adapter) are a frozen seed matrix
+plus a trainable low-rank update (:class:`FactorizedLinear`); the seed matrix is rebuilt
+identically on every machine, so only the update, the biases and the small modules travel
+(:func:`key_role` says which parameter is frozen, personal or global).
 """
 
 from __future__ import annotations
@@ -24,14 +29,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamodal.model import ModelSpec, MultimodalNet
+from adamodal.model import ModelSpec, MultimodalNet, Projection
 
-#: parameter prefixes averaged by the server; everything else (towers, projections, the
-#: forget gate) is personal and never leaves the client after the first round
-GLOBAL_PREFIXES = ("adapter.", "fusion.", "classifier.", "imputer.")
-#: parameter prefixes of a teacher's package for knowledge distillation (all but the gate)
-TEACHER_PREFIXES = GLOBAL_PREFIXES + ("img_tower.", "txt_tower.", "img_proj.", "txt_proj.")
 IMPUTE_MODES = ("zero", "mean", "cross_attention")
+
+
+def key_role(key: str) -> str:
+    """``"frozen"`` (a seed matrix under a low-rank update: rebuilt from the seed everywhere,
+    never trained, never sent), ``"personal"`` (never leaves the client after round 1) or
+    ``"global"`` (averaged by the server)."""
+    if key.endswith(".base.weight"):
+        return "frozen"
+    if ".p_down." in key or ".p_up." in key:
+        return "personal"
+    return "global"
+
+
+def key_modality(key: str) -> str | None:
+    """The modality a parameter belongs to (``img_*`` / ``txt_*`` modules), None if shared:
+    a client without that modality never trains it, so it neither uploads nor averages it."""
+    if key.startswith("img_"):
+        return "image"
+    if key.startswith("txt_"):
+        return "text"
+    return None
 
 
 # ---- modules ------------------------------------------------------------------------------
@@ -75,18 +96,21 @@ class CrossAttentionImputer(nn.Module):
 
 
 class ForgetGate(nn.Module):
-    """``r' = g * r + (1 - g) * z`` with ``g = sigmoid((W_g [r; z] + b) / tau)``, per dimension.
+    """``r' = g * r + (1 - g) * z`` with ``g = sigmoid((W_g [r; z] + b) / tau)``.
 
-    ``b`` starts at +1 so a fresh gate trusts the local representation (g ~ 0.73 at tau=1)
-    and learns where the global prototype is the better guide. ``tau`` is a fixed
-    temperature: larger is softer (g closer to 1/2), smaller is closer to a hard switch.
+    ``W_g`` maps ``[r; z]`` to one gate per dimension through a rank-``rank`` factorisation
+    (``2d x rank + rank x d`` weights instead of ``2d x d``: the gate is a global part, so its
+    size is upload). ``b`` starts at +1 so a fresh gate trusts the sample's own
+    representation (g ~ 0.73 at tau=1) and learns where the cluster prototype is the better
+    guide. ``tau`` is a fixed temperature: larger is softer (g nearer 1/2), smaller is closer
+    to a hard switch.
     """
 
-    def __init__(self, dim: int, tau: float = 1.0) -> None:
+    def __init__(self, dim: int, tau: float = 1.0, rank: int = 16) -> None:
         super().__init__()
         self.tau = float(tau)
-        self.linear = nn.Linear(2 * dim, dim)
-        nn.init.constant_(self.linear.bias, 1.0)
+        self.linear = nn.Sequential(nn.Linear(2 * dim, rank, bias=False), nn.Linear(rank, dim))
+        nn.init.constant_(self.linear[1].bias, 1.0)
 
     def gate(self, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.linear(torch.cat([r, z], dim=-1)) / self.tau)
@@ -94,6 +118,70 @@ class ForgetGate(nn.Module):
     def forward(self, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         g = self.gate(r, z)
         return g * r + (1 - g) * z
+
+
+class FactorizedLinear(nn.Module):
+    """``y = W0 x + b + s * U V x``: a frozen seed matrix plus a trainable low-rank update.
+
+    ``W0`` is the seed's initial weight (identical on every machine, so never trained and
+    never sent); the bias ``b`` and the rank-``rank`` factors ``U`` (zero-initialised, so the
+    layer starts as the seed's) and ``V`` are what a client trains and uploads:
+    ``(in + out) * rank + out`` numbers instead of ``in * out``. ``s`` lets the low-rank path
+    move as fast under Adam as a full matrix would (a product of two small factors otherwise
+    changes far more slowly than one matrix trained directly).
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float = 16.0) -> None:
+        super().__init__()
+        self.base = base
+        self.base.weight.requires_grad_(False)
+        self.scale = float(scale)
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * self.up(self.down(x))
+
+
+class FactorizedProjection(nn.Module):
+    """``P(x) = LayerNorm(W0 (g * x) + b + s * U V (g * x) [+ U_p V_p (g * x)])``.
+
+    The projection's matrix is a :class:`FactorizedLinear`; ``g`` is a per-input-feature gain
+    (a diagonal, so every input direction can be re-weighted for ``in`` numbers). All of it is
+    global and averaged over the clients that hold this modality, except the optional
+    personal rank-``personal_rank`` update ``U_p V_p``, which never leaves the client. The
+    personal path is deliberately not scaled up: measured on emoji, a personal update as fast
+    as the global one fits each client's few classes and ruins its model on everyone else's.
+    """
+
+    def __init__(self, base: Projection, rank: int, personal_rank: int = 0, scale: float = 16.0) -> None:
+        super().__init__()
+        in_dim, dim = base.linear.in_features, base.linear.out_features
+        self.linear = FactorizedLinear(base.linear, rank, scale)
+        self.norm = base.norm
+        self.gain = nn.Parameter(torch.ones(in_dim))
+        self.p_down = self.p_up = None
+        if personal_rank > 0:
+            self.p_down = nn.Linear(in_dim, personal_rank, bias=False)
+            self.p_up = nn.Linear(personal_rank, dim, bias=False)
+            nn.init.zeros_(self.p_up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * self.gain
+        h = self.linear(x)
+        if self.p_down is not None:
+            h = h + self.p_up(self.p_down(x))  # unscaled: personalisation stays gentle
+        return self.norm(h)
+
+
+def factorize_adapter(adapter: nn.Module, rank: int, scale: float = 16.0) -> None:
+    """Swap the adapter's square matrices for frozen-seed + low-rank updates, in place."""
+    for name, child in list(adapter.named_children()):
+        if isinstance(child, nn.Linear) and child.in_features == child.out_features:
+            setattr(adapter, name, FactorizedLinear(child, rank, scale))
+        else:
+            factorize_adapter(child, rank, scale)
 
 
 # ---- losses -------------------------------------------------------------------------------
@@ -192,11 +280,18 @@ class AdaModalNet(MultimodalNet):
     """
 
     def __init__(self, spec: ModelSpec, *, heads: int = 4, tau: float = 1.0, impute: str = "cross_attention",
-                 cross_attention: bool = True, gate: bool = True, modality_dropout: float = 0.0) -> None:
+                 cross_attention: bool = True, gate: bool = True, modality_dropout: float = 0.0,
+                 rank: int = 32, personal_rank: int = 0, adapter_rank: int = 32) -> None:
         super().__init__(spec)
         dim = self.rep_dim
         self.imputer = CrossAttentionImputer(dim, heads=heads)
         self.gate = ForgetGate(dim, tau)
+        for name in ("img_proj", "txt_proj"):
+            proj = getattr(self, name, None)
+            if isinstance(proj, Projection):
+                setattr(self, name, FactorizedProjection(proj, rank, personal_rank))
+        if adapter_rank > 0:
+            factorize_adapter(self.adapter, adapter_rank)
         if impute not in IMPUTE_MODES:
             raise ValueError(f"impute must be one of {IMPUTE_MODES}, got {impute!r}")
         self.impute_mode = impute
@@ -243,14 +338,16 @@ class AdaModalNet(MultimodalNet):
         final: dict[str, torch.Tensor] = {}
         protos: dict[str, torch.Tensor] = {}
         for m, r in reps.items():
-            z = self.prototype(m, r)
+            z = self.prototype(m, r) if (self.use_gate or self.training) else None
             if z is not None:
                 protos[m] = z
             final[m] = self.gate(r, z) if (self.use_gate and z is not None) else r
         imputed: dict[str, torch.Tensor] = {}
         if self.fusion is not None:
             for target, source in (("text", "image"), ("image", "text")):
-                if source in reps:
+                # at prediction time only where a row really lacks ``target``; in training
+                # always (the imputation loss and modality dropout need it)
+                if source in reps and (self.training or bool((masks[source] & ~masks[target]).any())):
                     imp = self.impute(target, source, reps[source])
                     if imp is not None:
                         imputed[target] = imp

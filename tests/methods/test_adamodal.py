@@ -8,7 +8,7 @@ import torch
 
 from adamodal.engine.tensors import Tensors
 from adamodal.errors import ConfigError
-from adamodal.fusion import GLOBAL_PREFIXES
+from adamodal.fusion import key_role
 from adamodal.methods.adamodal import AdaModalFed, comparable_scores, contribution_weights
 from adamodal.methods.base import ClientContext, Message
 from tests.conftest import with_config
@@ -99,7 +99,7 @@ def test_server_never_receives_raw_inputs_or_per_sample_embeddings(small_experim
     # after round 1 only global parts and summaries go up: projections stay home
     for phase, _, reply in log:
         if phase in ("train", "summarize"):
-            assert all(k.startswith(GLOBAL_PREFIXES) or k[:2] in ("c_", "n_") for k in reply.arrays)
+            assert all(key_role(k) == "global" or k[:2] in ("c_", "n_") for k in reply.arrays)
     # the positive control: share=embeddings does send per-sample rows (so the check can fail)
     exp2, m2 = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False,
                        adamodal__share="embeddings")
@@ -181,7 +181,12 @@ def test_server_state_round_trip(small_experiment):
     m2.load_server_state(state)
     for a, b in ((m.global_params, m2.global_params), (m.knowledge, m2.knowledge)):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert m2.global_model() is None
+    from adamodal.engine.train import predict
+
+    data = exp.test["image"]  # image only: the text is imputed from the restored knowledge
+    a = predict(m.global_model(), data, exp.spec.task)
+    b = predict(m2.global_model(), data, exp.spec.task)
+    assert np.allclose(a, b, atol=1e-6)
 
 
 def test_three_rounds_end_to_end_on_emoji(tmp_path):
@@ -194,5 +199,5 @@ def test_three_rounds_end_to_end_on_emoji(tmp_path):
     for key in ("groups", "groups_server_test"):
         assert set(summary[key]) == {"multimodal", "image_only", "text_only"}
         for group, metrics in summary[key].items():
-            assert metrics["macro_auc"] > 0.75, (key, group, metrics)
+            assert metrics["macro_auc"] > 0.8, (key, group, metrics)
     assert summary["bytes_up"] > 0
