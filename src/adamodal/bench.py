@@ -53,8 +53,9 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(runs, indent=1))
     plot_comparison(runs, out / "comparison.png")
+    plot_comparison(runs, out / "comparison_server_test.png", key="groups_server_test")
     print(f"{title} — {scenario}")
     print_table(*own, title="each client on its own test split", caption=CAPTION)
     print_table(*server, title="each client's model on the server test set (its modalities, its vendor)")
-    print(f"wrote {out}/results.md, results.json, comparison.png")
+    print(f"wrote {out}/results.md, results.json, comparison.png, comparison_server_test.png")
     return runs

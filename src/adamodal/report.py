@@ -116,14 +116,15 @@ def plot_history(summary: dict[str, Any], path: Path, metric: str = "macro_auc")
 CAPTION = "I+T = image+text clients, I = image-only, T = text-only; mean ± std over seeds"
 
 
-def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, metric: str = "macro_auc") -> Path:
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, metric: str = "macro_auc",
+                    key: str = "groups") -> Path:
     """Grouped bars: one group of bars per client group, one bar per method (mean ± std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [g for g in GROUPS if any(g in s["groups"] for rs in runs.values() for s in rs)]
+    groups = [g for g in GROUPS if any(g in s[key] for rs in runs.values() for s in rs)]
     methods = list(runs)
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -131,19 +132,20 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path, metric: s
     for i, method in enumerate(methods):
         means, stds = [], []
         for g in groups:
-            vals = [s["groups"].get(g, {}).get(metric) for s in runs[method]]
+            vals = [s[key].get(g, {}).get(metric) for s in runs[method]]
             vals = [v for v in vals if v is not None]
             means.append(np.mean(vals) if vals else np.nan)
             stds.append(np.std(vals) if len(vals) > 1 else 0.0)
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=method)
     ax.set_xticks(x, [GROUP_LABEL[g] for g in groups])
     ax.set_ylabel(metric.replace("_", "-"))
-    lo = np.nanmin([s["groups"][g][metric] for rs in runs.values() for s in rs for g in groups
-                    if s["groups"].get(g, {}).get(metric) is not None] or [0.5])
+    lo = np.nanmin([s[key][g][metric] for rs in runs.values() for s in rs for g in groups
+                    if s[key].get(g, {}).get(metric) is not None] or [0.5])
     ax.set_ylim(max(0.0, lo - 0.1), 1.0)
     ax.legend(fontsize=8, ncol=min(len(methods), 4))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{metric.replace('_', '-')} per client group")
+    where = "own test splits" if key == "groups" else "server test set, as each client sees it"
+    ax.set_title(f"{metric.replace('_', '-')} per client group ({where})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
