@@ -20,6 +20,7 @@ from adamodal.fusion import (
 )
 from adamodal.model import ModelSpec, build_model
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """These toy problems are tiny: thread synchronisation would dominate their run time."""

@@ -98,3 +98,25 @@ def test_existing_run_is_not_overwritten(tmp_path):
         check_out_dir(tmp_path, force=False)
     check_out_dir(tmp_path, force=True)
     assert (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_server_model_is_scored_before_client_models_reuse_the_instance(small_experiment, tmp_path):
+    """A method may return the same module from global_model() and client_model(); loading
+    client weights must not change the server-test numbers."""
+    import numpy as np
+
+    from adamodal.engine.train import predict
+    from adamodal.methods.base import load_arrays
+    from adamodal.metrics import compute_metrics
+
+    exp = with_config(small_experiment, method="fedavg", rounds=1)
+    sim = Simulator(exp, tmp_path, progress=False)
+    sim.method.init_server()
+    sim.run_round(1)
+    personal = {k: np.zeros_like(v) for k, v in sim.method.global_params.items()}  # a useless model
+    sim.method.client_model = lambda ctx, msg: load_arrays(sim.method.model(), personal)
+    entry = sim.evaluate(1)
+    data = exp.test["both"]
+    expected = compute_metrics(predict(load_arrays(sim.method.model(), sim.method.global_params), data, "multiclass"),
+                               data.y.numpy(), "multiclass")
+    assert entry["test"]["both"]["macro_auc"] == pytest.approx(expected["macro_auc"])

@@ -201,3 +201,26 @@ def test_three_rounds_end_to_end_on_emoji(tmp_path):
         for group, metrics in summary[key].items():
             assert metrics["macro_auc"] > 0.8, (key, group, metrics)
     assert summary["bytes_up"] > 0
+
+
+def test_each_projection_is_averaged_over_the_clients_that_hold_its_modality(small_experiment):
+    exp, m = _method(small_experiment)
+    rng = np.random.default_rng(0)
+    replies = {}
+    for cid in (0, 3, 4):  # image+text, image-only, text-only
+        keys = m.upload_keys(cid)
+        arrays = {k: rng.normal(size=m.global_params[k].shape).astype(np.float32) for k in keys}
+        replies[cid] = Message(arrays, {"num_examples": 10 * (cid + 1), "val_auc": 0.8, "val_loss": 1.0})
+    assert not any(k.startswith("txt_") for k in replies[3].arrays)  # never sent what it lacks
+    assert not any(k.startswith("img_") for k in replies[4].arrays)
+    m.aggregate("train", 2, replies)
+    ns = {0: 10.0, 3: 40.0, 4: 50.0}
+
+    def mean(key, cids):
+        return sum(ns[c] * replies[c].arrays[key].astype(np.float64) for c in cids) / sum(ns[c] for c in cids)
+
+    np.testing.assert_allclose(m.global_params["img_proj.linear.up.weight"], mean("img_proj.linear.up.weight", (0, 3)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.global_params["txt_proj.gain"], mean("txt_proj.gain", (0, 4)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.global_params["classifier.weight"], mean("classifier.weight", (0, 3, 4)),
+                               rtol=1e-5, atol=1e-6)

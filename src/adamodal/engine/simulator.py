@@ -192,7 +192,12 @@ class Simulator:
         pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         pooled_server: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         per_client_test: dict[str, list[dict[str, float]]] = {}
+        # the server model is scored first: methods may reuse one model instance, so loading a
+        # client's weights below must not be able to change what the server model predicts
         global_model = method.global_model()
+        server_scores = {}
+        if global_model is not None:
+            server_scores = {cond: predict(global_model, data, task) for cond, data in self.exp.test.items()}
         for c in self.exp.clients:
             ctx = self.context(c.cid, 0)
             model = method.client_model(ctx, method.eval_message(c.cid))
@@ -220,7 +225,7 @@ class Simulator:
             if global_model is None and not final:
                 continue
             if global_model is not None:
-                m = compute_metrics(predict(global_model, data, task), data.y.numpy(), task)
+                m = compute_metrics(server_scores[cond], data.y.numpy(), task)
             else:
                 rows = per_client_test[cond]
                 m = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
