@@ -237,8 +237,8 @@ class Simulator:
     def checkpoint(self) -> None:
         st = self.state
         payload = {
-            "round": st.round, "server": self.method.server_state(), "state": st.__dict__,
-            "config": dict(self.cfg),
+            "round": st.round, "server": _as_tensors(self.method.server_state()),
+            "state": {**st.__dict__, "client_states": _as_tensors(st.client_states)}, "config": dict(self.cfg),
         }
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(payload, tmp)
@@ -251,8 +251,9 @@ class Simulator:
             raise AdamodalError(f"{path}: no checkpoint to resume from")
         payload = torch.load(path, weights_only=False)
         self.method.init_server()
-        self.method.load_server_state(payload["server"])
-        self.state = RunState(**payload["state"])
+        self.method.load_server_state(_as_arrays(payload["server"]))
+        state = payload["state"]
+        self.state = RunState(**{**state, "client_states": _as_arrays(state["client_states"])})
 
     # ---- the whole run ---------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -300,6 +301,24 @@ class Simulator:
             "domains": self.exp.scenario.domains,
             "time_s": {k: round(v, 3) for k, v in st.time_s.items()},
         })
+
+
+def _as_tensors(tree: Any) -> Any:
+    """numpy arrays -> tensors sharing memory: torch.save writes tensor storages as raw bytes,
+    while it pickles numpy arrays (several times slower for per-client model states)."""
+    if isinstance(tree, dict):
+        return {k: _as_tensors(v) for k, v in tree.items()}
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(tree))
+    return tree
+
+
+def _as_arrays(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _as_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy()
+    return tree
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
