@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="compare methods on the same clients, splits and seeds")
     _config_args(b)
-    b.add_argument("--methods", default="local,fedavg,fedavg_group,fedprox,central")
+    b.add_argument("--methods", default="local,fedavg,fedavg_group,fedprox,adamodal,central")
     b.add_argument("--seeds", default="0,1,2")
     b.add_argument("--out", type=Path, default=Path("runs/bench"))
     b.set_defaults(func=cmd_bench)
