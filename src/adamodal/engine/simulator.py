@@ -1,6 +1,7 @@
-"""The in-process simulator: one process, clients one after another, one model in memory.
+"""The server loop of a run, and the in-process simulator built on it.
 
-It drives any :class:`~adamodal.methods.base.Method` through the same phase protocol the
+By default the clients run in this process one after another with one model in memory
+(:class:`~adamodal.engine.clients.InProcessClients`). The loop drives any :class:`~adamodal.methods.base.Method` through the same phase protocol the
 Flower runtime uses, counts the bytes of every message, evaluates every client (pooled per
 modality group) and the server's test set, and checkpoints after every round so a killed run
 resumes (``--resume``) to the same result.
@@ -26,32 +27,24 @@ from adamodal.data import get_source
 from adamodal.data.base import Bundle
 from adamodal.data.scenario import GROUPS, Scenario, build_scenario
 from adamodal.devices import resolve_device
+from adamodal.engine.clients import (
+    ClientData,
+    ClientEval,
+    ClientFailure,
+    Clients,
+    InProcessClients,
+    derive_seed,
+)
 from adamodal.engine.tensors import Tensors, materialize
 from adamodal.engine.train import predict
 from adamodal.errors import AdamodalError
 from adamodal.methods import get_method_class
-from adamodal.methods.base import ClientContext, ClientInfo, Message, Method
+from adamodal.methods.base import ClientInfo, Message, Method
 from adamodal.metrics import METRICS, clean, compute_metrics
 from adamodal.model import ModelSpec
 from adamodal.towers.features import Inputs, build_inputs
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from (seed, round, client, phase): every random draw of a run
-    depends only on where it happens, so a resumed run draws exactly what the original did."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-@dataclass
-class ClientData:
-    cid: int
-    group: str
-    modalities: tuple[str, ...]
-    train: Tensors
-    val: Tensors
-    test: Tensors
 
 
 @dataclass
@@ -117,33 +110,36 @@ class RunState:
     """Everything a checkpoint holds besides the method's own state."""
 
     round: int = 0
-    client_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines
     history: list[dict[str, Any]] = field(default_factory=list)
     bytes_up: dict[int, int] = field(default_factory=dict)
     bytes_down: dict[int, int] = field(default_factory=dict)
+    #: clients that gave no usable reply: {round, phase, client, reason}
+    dropped: list[dict[str, Any]] = field(default_factory=list)
     time_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
 
 
 class Simulator:
-    def __init__(self, exp: Experiment, out_dir: Path, *, progress: bool = True) -> None:
+    """The server loop: sampling, phases, byte accounting, evaluation, checkpoints, summary.
+
+    Where the clients run is a :class:`~adamodal.engine.clients.Clients`; by default they run
+    in this process (:class:`~adamodal.engine.clients.InProcessClients`), the Flower runtime
+    passes one that talks to SuperNodes.
+    """
+
+    def __init__(self, exp: Experiment, out_dir: Path, *, progress: bool = True, clients: Clients | None = None) -> None:
         self.exp = exp
         self.cfg = exp.cfg
         self.out = Path(out_dir)
         self.progress = progress and sys.stderr.isatty()
         self.method: Method = get_method_class(self.cfg["method"])(self.cfg, exp.spec, exp.infos())
         self.device = resolve_device(str(self.cfg["device"]))
-        self.state = RunState()
-
-    # ---- one client ------------------------------------------------------------------
-    def context(self, cid: int, seed: int) -> ClientContext:
-        c = self.exp.clients[cid]
-        return ClientContext(
-            cid=cid, group=c.group, modalities=c.modalities, train=c.train, val=c.val, test=c.test,
-            spec=self.exp.spec, cfg=self.cfg, seed=seed, device=self.device,
-            state=self.state.client_states.get(cid, {}),
+        self.clients = clients or InProcessClients(
+            self.method, exp.clients, exp.test_as_client, exp.test, exp.spec, self.cfg, self.device,
+            progress=self.progress,
         )
+        self.state = RunState()
 
     # ---- one round -------------------------------------------------------------------
     def sample(self, rnd: int) -> list[int]:
@@ -159,16 +155,13 @@ class Simulator:
             t0 = time.perf_counter()
             cids = method.participants(phase, rnd, sampled)
             messages = method.configure(phase, rnd, cids)
+            for cid in cids:
+                st.bytes_down[cid] = st.bytes_down.get(cid, 0) + messages[cid].nbytes()
             replies: dict[int, Message] = {}
-            bar = tqdm(cids, desc=f"round {rnd} {phase}", leave=False, disable=not self.progress, unit="client")
-            for cid in bar:
-                msg = messages[cid]
-                st.bytes_down[cid] = st.bytes_down.get(cid, 0) + msg.nbytes()
-                seed = derive_seed(self.cfg["seed"], rnd, cid, p_idx)
-                torch.manual_seed(seed)
-                ctx = self.context(cid, seed)
-                reply = method.client_step(phase, rnd, ctx, msg)
-                st.client_states[cid] = ctx.state
+            for cid, reply in self.clients.step(phase, rnd, p_idx, {cid: messages[cid] for cid in cids}).items():
+                if isinstance(reply, ClientFailure):
+                    st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reply.reason})
+                    continue
                 st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
                 replies[cid] = reply
             method.aggregate(phase, rnd, replies)
@@ -189,31 +182,26 @@ class Simulator:
         t0 = time.perf_counter()
         task = self.exp.spec.task
         method = self.method
-        pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        pooled_server: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        per_client_test: dict[str, list[dict[str, float]]] = {}
         # the server model is scored first: methods may reuse one model instance, so loading a
         # client's weights below must not be able to change what the server model predicts
         global_model = method.global_model()
         server_scores = {}
         if global_model is not None:
             server_scores = {cond: predict(global_model, data, task) for cond, data in self.exp.test.items()}
-        for c in self.exp.clients:
-            ctx = self.context(c.cid, 0)
-            model = method.client_model(ctx, method.eval_message(c.cid))
-            scores = predict(model, c.test, task)
-            y = c.test.y.numpy()
-            metrics = compute_metrics(scores, y, task)
+        infos = {c.cid: c for c in self.exp.clients}
+        evals: dict[int, ClientEval] = self.clients.evaluate(
+            rnd, {cid: method.eval_message(cid) for cid in infos}, server_tests=global_model is None and final)
+        pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        pooled_server: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for cid, ev in sorted(evals.items()):
+            group = infos[cid].group
+            metrics = compute_metrics(ev.scores, ev.y, task)
             self.state.records.append(clean({
-                "round": rnd, "client": c.cid, "group": c.group, **metrics,
-                "bytes_up": self.state.bytes_up.get(c.cid, 0), "bytes_down": self.state.bytes_down.get(c.cid, 0),
+                "round": rnd, "client": cid, "group": group, **metrics,
+                "bytes_up": self.state.bytes_up.get(cid, 0), "bytes_down": self.state.bytes_down.get(cid, 0),
             }))
-            pooled.setdefault(c.group, []).append((scores, y))
-            seen = self.exp.test_as_client[c.cid]
-            pooled_server.setdefault(c.group, []).append((predict(model, seen, task), seen.y.numpy()))
-            if global_model is None and final:  # no server model: every client's model on the server's test set
-                for cond, data in self.exp.test.items():
-                    per_client_test.setdefault(cond, []).append(compute_metrics(predict(model, data, task), data.y.numpy(), task))
+            pooled.setdefault(group, []).append((ev.scores, ev.y))
+            pooled_server.setdefault(group, []).append((ev.server_scores, ev.server_y))
         groups, groups_server = {}, {}
         for g in GROUPS:
             if g in pooled:
@@ -222,13 +210,13 @@ class Simulator:
                     dst[g] = {k: m[k] for k in METRICS} | {"clients": len(src[g]), "n": m["n"]}
         test = {}
         for cond, data in self.exp.test.items():
-            if global_model is None and not final:
-                continue
             if global_model is not None:
                 m = compute_metrics(server_scores[cond], data.y.numpy(), task)
-            else:
-                rows = per_client_test[cond]
+            elif final:
+                rows = [ev.test_metrics[cond] for ev in evals.values() if ev.test_metrics]
                 m = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
+            else:
+                continue
             test[cond] = {"macro_auc": m["macro_auc"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
         self.state.time_s["eval"] = self.state.time_s.get("eval", 0.0) + time.perf_counter() - t0
         return clean({"round": rnd, "groups": groups, "groups_server_test": groups_server, "test": test})
@@ -238,7 +226,7 @@ class Simulator:
         st = self.state
         payload = {
             "round": st.round, "server": _as_tensors(self.method.server_state()),
-            "state": {**st.__dict__, "client_states": _as_tensors(st.client_states)}, "config": dict(self.cfg),
+            "state": dict(st.__dict__), "clients": _as_tensors(self.clients.state()), "config": dict(self.cfg),
         }
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(payload, tmp)
@@ -252,8 +240,8 @@ class Simulator:
         payload = torch.load(path, weights_only=False)
         self.method.init_server()
         self.method.load_server_state(_as_arrays(payload["server"]))
-        state = payload["state"]
-        self.state = RunState(**{**state, "client_states": _as_arrays(state["client_states"])})
+        self.state = RunState(**payload["state"])
+        self.clients.load_state(_as_arrays(payload["clients"]))
 
     # ---- the whole run ---------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -300,6 +288,7 @@ class Simulator:
             "clients": self.exp.scenario.counts(),
             "domains": self.exp.scenario.domains,
             "time_s": {k: round(v, 3) for k, v in st.time_s.items()},
+            "dropped": st.dropped,
         })
 
 

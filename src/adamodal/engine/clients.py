@@ -1,0 +1,146 @@
+"""The client side of a run, behind the one interface the server loop drives.
+
+The server loop (:class:`~adamodal.engine.simulator.Simulator`) never calls a method's client
+code itself: it hands a :class:`Clients` the messages of one phase and gets replies back. The
+in-process implementation below runs the clients one after another in this process; the Flower
+runtime implements the same interface with ``grid.send_and_receive``, and its ClientApp calls
+the same two functions (:func:`client_step`, :func:`evaluate_client`) on the SuperNode. So the
+algorithm code, the seeds and the evaluation are identical under both runtimes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adamodal.engine.tensors import Tensors
+from adamodal.engine.train import predict
+from adamodal.methods.base import ClientContext, Message, Method
+from adamodal.metrics import compute_metrics
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from (seed, round, client, phase): every random draw of a run
+    depends only on where it happens, so a resumed run (or a client on another machine) draws
+    exactly what the original in-process run did."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class ClientData:
+    """One client's data, as tensors: what a SuperNode holds."""
+
+    cid: int
+    group: str
+    modalities: tuple[str, ...]
+    train: Tensors
+    val: Tensors
+    test: Tensors
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A client that gave no usable reply this phase, and why (logged and counted)."""
+
+    reason: str
+
+
+@dataclass
+class ClientEval:
+    """What a client reports after evaluating: scores and labels of its own test split and of
+    the server's test set seen with its modalities and vendor (pooled per group by the server),
+    and, when asked, its model's metrics on the server's test set (methods with no server model)."""
+
+    scores: np.ndarray
+    y: np.ndarray
+    server_scores: np.ndarray
+    server_y: np.ndarray
+    test_metrics: dict[str, dict[str, float]] | None = None
+
+
+def client_step(method: Method, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
+    """Run one phase on one client with the phase's seed set for torch's global generator."""
+    torch.manual_seed(ctx.seed)
+    return method.client_step(phase, rnd, ctx, msg)
+
+
+def evaluate_client(method: Method, ctx: ClientContext, msg: Message, server_view: Tensors,
+                    server_tests: dict[str, Tensors] | None = None) -> ClientEval:
+    """Score a client's model on its own test split and on the server test view."""
+    task = ctx.spec.task
+    model = method.client_model(ctx, msg)
+    test_metrics = None
+    if server_tests is not None:
+        test_metrics = {cond: compute_metrics(predict(model, data, task), data.y.numpy(), task)
+                        for cond, data in server_tests.items()}
+    return ClientEval(
+        scores=predict(model, ctx.test, task), y=ctx.test.y.numpy(),
+        server_scores=predict(model, server_view, task), server_y=server_view.y.numpy(),
+        test_metrics=test_metrics,
+    )
+
+
+class Clients(ABC):
+    """Where the clients run: in this process, or on Flower SuperNodes."""
+
+    @abstractmethod
+    def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
+        """Deliver one phase's messages and collect each client's reply (or why it gave none)."""
+
+    @abstractmethod
+    def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
+        """Have every client evaluate its model; ``server_tests`` asks for server-test metrics too."""
+
+    def state(self) -> dict[int, dict[str, np.ndarray]]:
+        """Client state the server checkpoints (none when clients keep their own)."""
+        return {}
+
+    def load_state(self, state: dict[int, dict[str, np.ndarray]]) -> None:  # noqa: B027 - optional
+        """Inverse of :meth:`state`."""
+
+
+class InProcessClients(Clients):
+    """All clients in this process, one after another, one model instance in memory."""
+
+    def __init__(self, method: Method, clients: list[ClientData], server_views: dict[int, Tensors],
+                 server_tests: dict[str, Tensors], spec, cfg, device: torch.device, *, progress: bool = False) -> None:
+        self.method = method
+        self.clients = {c.cid: c for c in clients}
+        self.server_views = server_views
+        self.server_tests = server_tests
+        self.spec, self.cfg, self.device = spec, cfg, device
+        self.progress = progress
+        self.states: dict[int, dict[str, np.ndarray]] = {}
+
+    def context(self, cid: int, seed: int) -> ClientContext:
+        c = self.clients[cid]
+        return ClientContext(
+            cid=cid, group=c.group, modalities=c.modalities, train=c.train, val=c.val, test=c.test,
+            spec=self.spec, cfg=self.cfg, seed=seed, device=self.device, state=self.states.get(cid, {}),
+        )
+
+    def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
+        replies: dict[int, Message | ClientFailure] = {}
+        bar = tqdm(messages, desc=f"round {rnd} {phase}", leave=False, disable=not self.progress, unit="client")
+        for cid in bar:
+            ctx = self.context(cid, derive_seed(self.cfg["seed"], rnd, cid, p_idx))
+            replies[cid] = client_step(self.method, phase, rnd, ctx, messages[cid])
+            self.states[cid] = ctx.state
+        return replies
+
+    def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
+        return {
+            cid: evaluate_client(self.method, self.context(cid, 0), msg, self.server_views[cid],
+                                 self.server_tests if server_tests else None)
+            for cid, msg in messages.items()
+        }
+
+    def state(self) -> dict[int, dict[str, np.ndarray]]:
+        return self.states
+
+    def load_state(self, state: dict[int, dict[str, np.ndarray]]) -> None:
+        self.states = dict(state)
