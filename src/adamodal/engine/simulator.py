@@ -1,8 +1,9 @@
 """The server loop of a run, and the in-process simulator built on it.
 
 By default the clients run in this process one after another with one model in memory
-(:class:`~adamodal.engine.clients.InProcessClients`). The loop drives any :class:`~adamodal.methods.base.Method` through the same phase protocol the
-Flower runtime uses, counts the bytes of every message, evaluates every client (pooled per
+(:class:`~adamodal.engine.clients.InProcessClients`). The loop drives any
+:class:`~adamodal.methods.base.Method` through the same phase protocol the Flower runtime
+uses, counts the bytes of every message, evaluates every client (pooled per
 modality group) and the server's test set, and checkpoints after every round so a killed run
 resumes (``--resume``) to the same result.
 """
