@@ -104,12 +104,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             print(line)
         print(f"adamodal: {args.name} ({name}): {len(problems)} problem(s)", file=sys.stderr)
         return 1
+    print(f"{args.name} ({name}): {len(bundle)} samples, {len(np.unique(bundle.groups))} patients, "
+          f"{bundle.task}, {bundle.num_classes} classes")
     header, rows = client_rows(bundle)
-    print_table(header, rows, title=f"{args.name} ({name}): {len(bundle)} samples, "
-                f"{len(np.unique(bundle.groups))} patients, {bundle.task}")
+    print_table(header, rows, title="samples per client and modality")
     header, rows = label_rows(bundle)
     print_table(header, rows, title="labels")
-    print(f"{args.name}: OK, no problems found")
+    print(f"OK: no problems found in {args.name}")
     return 0
 
 

@@ -180,11 +180,14 @@ class FolderSource(MedicalSource):
             seen.add(sid)
             image = self._named(row.get("image", "").strip(), img_dir, images.get(sid), where, problems)
             tpath = self._named(row.get("text", "").strip(), txt_dir, texts.get(sid), where, problems)
+            if isinstance(image, Path):
+                used_img.add(image)
+            if isinstance(tpath, Path):
+                used_txt.add(tpath)
             if image is False or tpath is False:
                 continue  # a named file is missing: already a problem
             text = None
             if tpath is not None:
-                used_txt.add(tpath)
                 try:
                     text = findings_impression(tpath.read_text(encoding="utf-8"))
                 except (OSError, UnicodeDecodeError) as exc:
@@ -193,8 +196,6 @@ class FolderSource(MedicalSource):
                 if not text:
                     problems.add(tpath, "empty report")
                     continue
-            if image is not None:
-                used_img.add(image)
             if image is None and text is None:
                 problems.add(where, f"label row {sid} has no image or report")
                 continue
