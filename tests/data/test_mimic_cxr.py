@@ -100,3 +100,18 @@ def test_findings_impression_extraction(iu_reports) -> None:
     text = findings_impression(mimic_report(r))
     assert text == f"{r.findings} {r.impression}"
     assert findings_impression("no headers at all\n here") == "no headers at all here"
+
+
+def test_iu_reports_as_text_only_clients(mimic_tree, med_cache) -> None:
+    """Real IU reports beside MIMIC images: the scenario hands them to the text-only clients."""
+    b = _load(mimic_tree(), med_cache, iu_reports=True)
+    assert len(b) == 24 + 3927 and b.has_image is not None and b.has_image.sum() == 24
+    assert b.classes == list(CHEXPERT_FINDINGS)
+    cfg = resolve({}, {"dataset": "mimic_cxr", "clients.multimodal": 2, "clients.image_only": 1,
+                       "clients.text_only": 2, "partition": "iid"})
+    scen = build_scenario(b, cfg)
+    for c in scen.clients:
+        items = np.concatenate([c.splits[s].idx for s in SPLITS])
+        native_images = b.has_image[items]
+        assert native_images.all() if c.group != "text_only" else not native_images.any()
+    assert sum(len(c.splits["train"]) for c in scen.clients if c.group == "text_only") > 2000

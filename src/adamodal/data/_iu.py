@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamodal.data._medical import CHEXPERT_FINDINGS
+from adamodal.data._medical import CHEXPERT_FINDINGS, Sample
 from adamodal.data.fetch import pip_download_wheel
 from adamodal.errors import DataError
 
@@ -162,3 +162,21 @@ def wheel_reports(cache: Path) -> list[tuple[str, bytes]]:
 def _numeric_key(name: str) -> tuple[int, str]:
     stem = Path(name).stem
     return (int(stem), stem) if stem.isdigit() else (10**9, stem)
+
+
+def report_samples(cache: Path, kind: str, prefix: str = "") -> tuple[list[Sample], int]:
+    """The wheel's reports as text-only samples labelled by ``kind`` (findings | normal), and
+    how many were left out for having neither FINDINGS nor IMPRESSION. ``prefix`` keeps their
+    patient ids apart from another collection's."""
+    samples: list[Sample] = []
+    empty = 0
+    for member, raw in wheel_reports(cache):
+        report = parse_report(raw, f"{WHEEL}:{member}")
+        if not report.text:
+            empty += 1
+            continue
+        value: list[float] | str = report.finding_vector() if kind == "findings" else (
+            "normal" if report.normal else "abnormal")
+        samples.append(Sample(id=f"{prefix}{report.uid}", patient=f"{prefix}{report.uid}", label=value,
+                              text=report.text, source=f"{WHEEL}:{member}"))
+    return samples, empty

@@ -20,7 +20,6 @@ from adamodal.data._medical import (
     NORMAL_CLASSES,
     MedicalSource,
     Problems,
-    Sample,
     Scan,
     choice_option,
 )
@@ -45,17 +44,7 @@ class IUReportsSource(MedicalSource):
 
     def scan(self, cache: Path, problems: Problems) -> Scan:
         label = choice_option(self.options, self.name, "label", "normal", LABEL_KINDS)
-        samples: list[Sample] = []
-        empty = 0
-        for member, raw in _iu.wheel_reports(cache):
-            report = _iu.parse_report(raw, f"{_iu.WHEEL}:{member}")
-            if not report.text:
-                empty += 1
-                continue
-            value = report.finding_vector() if label == "findings" else (
-                "normal" if report.normal else "abnormal")
-            samples.append(Sample(id=report.uid, patient=report.uid, label=value, text=report.text,
-                                  source=member))
+        samples, empty = _iu.report_samples(cache, label)
         task = "multilabel" if label == "findings" else "multiclass"
         classes = list(CHEXPERT_FINDINGS) if label == "findings" else list(NORMAL_CLASSES)
         meta = {

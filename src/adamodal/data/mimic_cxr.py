@@ -16,7 +16,9 @@ so a patient's studies always share one client and one split; the official ``tes
 becomes the global test set. Options: ``labels`` (chexpert | negbio), ``uncertain`` (what
 -1 becomes: zeros | ones | ignore), ``label`` (findings: 14-way multi-label | normal:
 ``No Finding`` vs the rest), ``size`` (pixels, decoded once and cached), ``reports`` (a
-separate folder holding ``files/pXX/...txt``, default ``root``). Label rows of patients whose
+separate folder holding ``files/pXX/...txt``, default ``root``), ``iu_reports`` (add the 3,927
+real IU X-ray reports as text-only items from another hospital; the scenario gives them to the
+text-only clients, in the same 14-finding or normal/abnormal label space). Label rows of patients whose
 folder is absent are skipped (a partial download), so a subset of MIMIC loads as it is.
 """
 
@@ -29,6 +31,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+from adamodal.data import _iu
 from adamodal.data._medical import (
     CHEXPERT_FINDINGS,
     LABEL_KINDS,
@@ -44,6 +47,7 @@ from adamodal.data._medical import (
     root_option,
     uncertain_value,
 )
+from adamodal.errors import ConfigError
 
 LABEL_FILES = {"chexpert": "mimic-cxr-2.0.0-chexpert.csv", "negbio": "mimic-cxr-2.0.0-negbio.csv"}
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv"
@@ -92,7 +96,7 @@ class MimicCxrSource(MedicalSource):
     )
     options_defaults: ClassVar[dict[str, object]] = {
         "root": "", "labels": "chexpert", "uncertain": "zeros", "label": "findings",
-        "size": 64, "reports": "",
+        "size": 64, "reports": "", "iu_reports": False,
     }
 
     def fetch(self, cache: Path) -> Path:
@@ -160,10 +164,18 @@ class MimicCxrSource(MedicalSource):
                 samples.append(Sample(id=f"s{study}", patient=subject, label=label, text=text or None,
                                       source=where, test=study_split.get(study) == "test"))
         self._check_split_files(files, split_rows, problems)
+        extra = self.options.get("iu_reports", False)
+        if not isinstance(extra, bool):
+            raise ConfigError(f"mimic_cxr.iu_reports must be true or false, got {extra!r}")
+        if extra:
+            # another hospital's reports, text only: the scenario routes them to text-only clients
+            iu, _ = _iu.report_samples(cache, kind, prefix="iu:")
+            samples.extend(iu)
         meta = {
             "root": str(root), "labels": f"{labels_path.name} ({which})", "uncertain": policy,
             "label": kind, "official_split": "yes" if split_of else "no",
             "skipped": f"{len(skipped_patients)} labelled patients without a folder (partial copy)",
+            "iu_reports": "3,927 IU X-ray reports added as text-only items" if extra else "no",
         }
         return Scan(samples, task, classes, meta)  # type: ignore[arg-type]
 

@@ -3,6 +3,8 @@
 Built from a :class:`Bundle` and the config, deterministically from the seed:
 1. a global test set (the data set's own test split, or a held-out fraction of identity groups);
 2. the remaining groups partitioned among clients (IID, Dirichlet or k classes per client);
+   groups that natively lack the image (a report collection added beside X-rays) go to the
+   text-only clients, groups that lack the text to the image-only clients;
 3. modality groups by count (multimodal, then image-only, then text-only clients), image
    domains assigned round-robin (client ``i`` sees domain ``i % D``);
 4. per-client train/val/test split by group, and sample-level missingness inside multimodal
@@ -229,6 +231,36 @@ def _predefined_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     return Scenario(clients=clients, test=_test_views(bundle, test_items), domains=list(bundle.domains))
 
 
+def _route(bundle: Bundle, pool_groups: np.ndarray, group_names: list[str]) -> list[tuple[np.ndarray, list[int]]]:
+    """Which clients share which groups: ``[(indices into pool_groups, client ids)]``.
+
+    Groups whose items all lack the image (e.g. an added report collection) go to the
+    text-only clients, groups that all lack the text to the image-only clients, when there are
+    such clients; everything else is partitioned among the remaining clients. A bundle where
+    every item has every modality gives one pool holding all clients (the plain partition).
+    """
+    everyone = [(np.arange(len(pool_groups)), list(range(len(group_names))))]
+    if bundle.images is None or bundle.texts is None or (bundle.has_image is None and bundle.has_text is None):
+        return everyone
+    in_pool = np.isin(bundle.groups, pool_groups)
+    pos = np.searchsorted(pool_groups, bundle.groups[in_pool])
+    n_img = np.bincount(pos, weights=bundle.image_mask()[in_pool], minlength=len(pool_groups))
+    n_txt = np.bincount(pos, weights=bundle.text_mask()[in_pool], minlength=len(pool_groups))
+    native = {"text_only": (n_img == 0) & (n_txt > 0), "image_only": (n_txt == 0) & (n_img > 0)}
+    rest = np.ones(len(pool_groups), bool)
+    pools: list[tuple[np.ndarray, list[int]]] = []
+    for kind, mask in native.items():
+        cids = [i for i, g in enumerate(group_names) if g == kind]
+        if mask.any() and cids:
+            pools.append((np.flatnonzero(mask), cids))
+            rest &= ~mask
+    routed = {c for _, cids in pools for c in cids}
+    others = [i for i in range(len(group_names)) if i not in routed]
+    if others:
+        pools.insert(0, (np.flatnonzero(rest), others))
+    return pools
+
+
 def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     """Deterministic for a given bundle and config (everything is drawn from ``cfg['seed']``)."""
     check_group_integrity(bundle)
@@ -271,12 +303,16 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     if len(pool_groups) == 0:
         raise DataError(f"dataset {bundle.name}: no items left for the clients after the global test split")
 
-    # 2. partition groups among clients
-    parts = partition_groups(
-        _group_labels(bundle, pool_groups), num_clients, str(cfg["partition"]),
-        alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
-    )
+    # 2. partition groups among clients (natively single-modality groups to matching clients)
     group_names = [g for g in GROUPS for _ in range(counts[g])]
+    parts = [np.zeros(0, np.int64)] * num_clients
+    for pool, cids in _route(bundle, pool_groups, group_names):
+        sub = partition_groups(
+            _group_labels(bundle, pool_groups[pool]), len(cids), str(cfg["partition"]),
+            alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
+        )
+        for cid, rows in zip(cids, sub, strict=True):
+            parts[cid] = pool[rows]
     n_dom = len(bundle.domains)
     p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
     pool_items = (np.ones(len(bundle), bool) if bundle.fixed_test is None else ~bundle.fixed_test)
