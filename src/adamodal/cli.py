@@ -150,11 +150,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     except DataError as exc:  # the data set is fine; only the default scenario does not fit it
         print(f"\nscenario: {exc}")
         return 0
-    print(f"\nscenario (partition={cfg['partition']}, seed={cfg['seed']}): {len(scen.clients)} clients")
-    print(f"{'client':>6} {'group':<11} {'domain':<9} {'train':>6} {'val':>5} {'test':>5}")
+    how = "clients as the data defines them" if bundle.clients is not None else f"partition={cfg['partition']}"
+    print(f"\nscenario ({how}, seed={cfg['seed']}): {len(scen.clients)} clients")
+    print(f"{'client':>6} {'group':<11} {'domain':<9} {'train':>6} {'val':>5} {'test':>5}  name")
     for c in scen.clients:
         dom = scen.domains[c.domain] if "image" in c.modalities else "-"
-        print(f"{c.cid:>6} {c.group:<11} {dom:<9} {len(c.splits['train']):>6} {len(c.splits['val']):>5} {len(c.splits['test']):>5}")
+        print(f"{c.cid:>6} {c.group:<11} {dom:<9} {len(c.splits['train']):>6} {len(c.splits['val']):>5} "
+              f"{len(c.splits['test']):>5}  {c.name}".rstrip())
     print("server test: " + ", ".join(f"{k} {len(v)} rows" for k, v in scen.test.items()))
     return 0
 

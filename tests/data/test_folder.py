@@ -121,3 +121,10 @@ def test_run_on_broken_folder_fails_fast_with_the_check_lines(folder_tree, med_c
     assert main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert sorted(out) == sorted(line for line in err.splitlines()[1:])
+
+
+def test_data_info_names_the_sites(folder_tree, med_cache, capsys) -> None:
+    assert main(["data", "info", "folder", "--set", f"folder.root={folder_tree()}"]) == 0
+    out = capsys.readouterr().out
+    assert "clients as the data defines them" in out
+    assert "multimodal" in out and "client_01" in out and "client_03" in out
