@@ -128,3 +128,23 @@ def test_data_info_names_the_sites(folder_tree, med_cache, capsys) -> None:
     out = capsys.readouterr().out
     assert "clients as the data defines them" in out
     assert "multimodal" in out and "client_01" in out and "client_03" in out
+
+
+def test_test_folder_is_the_global_test_set(folder_tree, med_cache) -> None:
+    import shutil
+
+    root = folder_tree(n=6)
+    shutil.copytree(root / "client_01", root / "test")
+    labels = root / "test" / "labels.csv"
+    labels.write_text(labels.read_text().replace("client_01-p", "held-out-p"))
+    b = get_source("folder", {"root": str(root)}).load(med_cache)
+    assert b.client_names == ["client_01", "client_02", "client_03"]
+    assert b.fixed_test is not None and b.fixed_test.sum() == 6 and (b.clients[b.fixed_test] == -1).all()
+    scen = build_scenario(b, resolve({}, {"dataset": "folder"}))
+    assert sorted(scen.test["both"].idx.tolist()) == np.flatnonzero(b.fixed_test).tolist()
+    # the same patient in the test folder and in a client is a leak
+    labels.write_text(labels.read_text().replace("held-out-p", "client_01-p"))
+    from adamodal.data.check import check
+
+    lines = check(str(root), {}, med_cache)[2].lines()
+    assert lines and all("is in two splits (test and train)" in line for line in lines)
