@@ -149,3 +149,38 @@ def test_clean_recursive() -> None:
     assert out["d"][4] is True
     m = clean(compute_metrics(np.zeros((0, 2)), np.zeros(0, np.int64), "multiclass"))
     assert m == {"macro_auc": None, "macro_f1": None, "micro_f1": None, "accuracy": None, "n": 0}
+
+
+@CASES
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 50), c=st.integers(2, 6))
+def test_multilabel_unknown_entries_are_left_out(seed: int, n: int, c: int) -> None:
+    """NaN targets (uncertain findings, ``ignore`` policy) count in no metric: the result equals
+    scikit-learn's on the known entries only, column by column for AUC."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < 0.4).astype(np.float32)
+    unknown = rng.random((n, c)) < 0.3
+    y[unknown] = np.nan
+    scores = _tied_scores(rng, n, c, 5)
+    m = compute_metrics(scores, y, "multilabel")
+    known = ~unknown
+    aucs = [roc_auc_score(y[known[:, j], j], scores[known[:, j], j]) for j in range(c)
+            if 0 < np.nansum(y[known[:, j], j]) < known[:, j].sum()]
+    assert _same(m["macro_auc"], float(np.mean(aucs)) if aucs else float("nan"))
+    pred = scores >= 0.5
+    yt = np.nan_to_num(y).astype(bool)
+    acc = (pred == yt)[known].mean() if known.any() else float("nan")
+    assert _same(m["accuracy"], acc)
+    tp = (yt & pred & known).sum()
+    fp = (~yt & pred & known).sum()
+    fn = (yt & ~pred & known).sum()
+    assert _same(m["micro_f1"], 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+
+
+def test_unknown_entries_change_nothing_when_absent() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random((30, 4)) < 0.5).astype(np.float32)
+    scores = rng.random((30, 4))
+    plain = compute_metrics(scores, y, "multilabel")
+    y2 = np.vstack([y, np.full((5, 4), np.nan, np.float32)])  # five rows entirely unknown
+    masked = compute_metrics(np.vstack([scores, rng.random((5, 4))]), y2, "multilabel")
+    assert all(math.isclose(plain[k], masked[k]) for k in METRICS)

@@ -83,10 +83,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Exit 0 and a summary when the data is fine, else exit 1 and one line per problem."""
+    import numpy as np
+
+    from adamodal.cache import cache_dir
+    from adamodal.config import load_toml, parse_assignments, resolve
+    from adamodal.data import dataset_names
+    from adamodal.data.check import check, client_rows, label_rows
+    from adamodal.report import print_table
+
+    overrides = parse_assignments(args.assignments)
+    if args.name in dataset_names():
+        overrides["dataset"] = args.name
+    cfg = resolve(load_toml(args.config) if args.config else {}, overrides)
+    options = {name: cfg.section(name) for name in dataset_names()}
+    name, bundle, problems = check(args.name, options, cache_dir())
+    if problems or bundle is None:
+        for line in problems.lines():
+            print(line)
+        print(f"adamodal: {args.name} ({name}): {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.name} ({name}): {len(bundle)} samples, {len(np.unique(bundle.groups))} patients, "
+          f"{bundle.task}, {bundle.num_classes} classes")
+    header, rows = client_rows(bundle)
+    print_table(header, rows, title="samples per client and modality")
+    header, rows = label_rows(bundle)
+    print_table(header, rows, title="labels")
+    print(f"OK: no problems found in {args.name}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from adamodal.cache import cache_dir
     from adamodal.data import get_source
 
+    if args.action == "check":
+        return cmd_data_check(args)
     cfg = _resolve(args, {"dataset": args.name})
     source = get_source(args.name, cfg.section(args.name))
     if args.action == "fetch":
@@ -117,11 +150,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     except DataError as exc:  # the data set is fine; only the default scenario does not fit it
         print(f"\nscenario: {exc}")
         return 0
-    print(f"\nscenario (partition={cfg['partition']}, seed={cfg['seed']}): {len(scen.clients)} clients")
-    print(f"{'client':>6} {'group':<11} {'domain':<9} {'train':>6} {'val':>5} {'test':>5}")
+    how = "clients as the data defines them" if bundle.clients is not None else f"partition={cfg['partition']}"
+    print(f"\nscenario ({how}, seed={cfg['seed']}): {len(scen.clients)} clients")
+    print(f"{'client':>6} {'group':<11} {'domain':<9} {'train':>6} {'val':>5} {'test':>5}  name")
     for c in scen.clients:
         dom = scen.domains[c.domain] if "image" in c.modalities else "-"
-        print(f"{c.cid:>6} {c.group:<11} {dom:<9} {len(c.splits['train']):>6} {len(c.splits['val']):>5} {len(c.splits['test']):>5}")
+        print(f"{c.cid:>6} {c.group:<11} {dom:<9} {len(c.splits['train']):>6} {len(c.splits['val']):>5} "
+              f"{len(c.splits['test']):>5}  {c.name}".rstrip())
     print("server test: " + ", ".join(f"{k} {len(v)} rows" for k, v in scen.test.items()))
     return 0
 
@@ -164,9 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    data = sub.add_parser("data", help="fetch a data set into the cache or describe it")
-    data.add_argument("action", choices=("fetch", "info"))
-    data.add_argument("name")
+    data = sub.add_parser(
+        "data", help="fetch a data set into the cache, describe it, or check a data set or folder",
+        description="fetch NAME: download into the cache. info NAME: describe the data set and its "
+        "default scenario. check PATH|NAME: validate a data folder (client_XX/ folders, "
+        "MIMIC-CXR-JPG, IU X-ray) or a data set before training; exit 0 with a summary, or "
+        "exit 1 with one 'path: reason' line per problem.")
+    data.add_argument("action", choices=("fetch", "info", "check"))
+    data.add_argument("name", metavar="NAME|PATH")
     _config_args(data)
     data.set_defaults(func=cmd_data)
 

@@ -26,9 +26,15 @@ def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def macro_auc(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Mean one-vs-rest ROC-AUC over the columns where both classes occur (NaN if none)."""
+def macro_auc(targets: np.ndarray, scores: np.ndarray, known: np.ndarray | None = None) -> float:
+    """Mean one-vs-rest ROC-AUC over the columns where both classes occur (NaN if none).
+
+    ``known`` (``[n, C]`` bool) marks the entries whose truth is known; the others (uncertain
+    findings under the ``ignore`` policy) take no part in their column's AUC.
+    """
     targets = np.asarray(targets, dtype=bool)
+    if known is not None and not known.all():
+        return _masked_macro_auc(targets, np.asarray(scores), known)
     n_pos = targets.sum(axis=0).astype(np.float64)
     n_neg = len(targets) - n_pos
     defined = (n_pos > 0) & (n_neg > 0)
@@ -40,8 +46,24 @@ def macro_auc(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(auc.mean())
 
 
-def _f1(targets: np.ndarray, pred: np.ndarray, columns: np.ndarray) -> tuple[float, float]:
-    """(macro-F1 over ``columns``, micro-F1) from 0/1 matrices; 0 where a class has no support."""
+def _masked_macro_auc(targets: np.ndarray, scores: np.ndarray, known: np.ndarray) -> float:
+    """Column by column over the known entries only (the rare path: some truth is unknown)."""
+    aucs = []
+    for j in range(targets.shape[1]):
+        rows = known[:, j]
+        auc = macro_auc(targets[rows, j : j + 1], scores[rows, j : j + 1])
+        if not math.isnan(auc):
+            aucs.append(auc)
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _f1(
+    targets: np.ndarray, pred: np.ndarray, columns: np.ndarray, known: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(macro-F1 over ``columns``, micro-F1) from 0/1 matrices; 0 where a class has no support.
+    Entries outside ``known`` count as neither right nor wrong."""
+    if known is not None:
+        targets, pred = targets & known, pred & known
     tp = (targets & pred).sum(axis=0).astype(np.float64)
     fp = (~targets & pred).sum(axis=0).astype(np.float64)
     fn = (targets & ~pred).sum(axis=0).astype(np.float64)
@@ -54,15 +76,23 @@ def _f1(targets: np.ndarray, pred: np.ndarray, columns: np.ndarray) -> tuple[flo
 
 
 def compute_metrics(scores: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
-    """``scores`` are probabilities ``[n, C]``; ``y`` is ``[n]`` class ids or ``[n, C]`` 0/1."""
+    """``scores`` are probabilities ``[n, C]``; ``y`` is ``[n]`` class ids or ``[n, C]`` 0/1,
+    where NaN marks an unknown multi-label entry that every metric leaves out."""
     if len(y) == 0:
         return {m: float("nan") for m in METRICS} | {"n": 0}
     num_classes = scores.shape[1]
+    known = None
     if task == "multilabel":
-        targets = np.asarray(y).astype(bool)
+        y = np.asarray(y, dtype=np.float32)
+        unknown = np.isnan(y)  # uncertain findings under the ``ignore`` policy
+        known = ~unknown if unknown.any() else None
+        targets = np.nan_to_num(y, nan=0.0).astype(bool)
         pred = scores >= 0.5
-        accuracy = float((pred == targets).mean())  # per-label accuracy
-        macro_f1, micro_f1 = _f1(targets, pred, np.arange(num_classes))
+        hits = pred == targets
+        # per-label accuracy over the known entries
+        accuracy = float(hits[known].mean()) if known is not None and known.any() else (
+            float(hits.mean()) if known is None else float("nan"))
+        macro_f1, micro_f1 = _f1(targets, pred, np.arange(num_classes), known)
     else:
         y = np.asarray(y).astype(np.int64)
         targets = _one_hot(y, num_classes).astype(bool)
@@ -71,7 +101,7 @@ def compute_metrics(scores: np.ndarray, y: np.ndarray, task: str) -> dict[str, f
         present = np.union1d(np.unique(y), np.unique(pred))  # scikit-learn's label set for macro-F1
         macro_f1, micro_f1 = _f1(targets, _one_hot(pred, num_classes).astype(bool), present)
     return {
-        "macro_auc": macro_auc(targets, scores),
+        "macro_auc": macro_auc(targets, scores, known),
         "macro_f1": float(macro_f1),
         "micro_f1": float(micro_f1),
         "accuracy": accuracy,

@@ -319,3 +319,80 @@ def test_emoji_default_scenario(emoji: Bundle) -> None:
     test_groups = groups_of(emoji, sc.test["both"])
     assert test_groups and not (test_groups & set(seen))
     assert len(seen) + len(test_groups) == len(np.unique(emoji.groups))
+
+
+def _predefined_bundle(with_test: bool = False) -> Bundle:
+    """12 items: sites a (paired), b (images only), c (texts only); two items per patient."""
+    n = 12 + (4 if with_test else 0)
+    rng = np.random.default_rng(0)
+    clients = np.repeat([0, 1, 2], 4)
+    has_image = np.array([True] * 8 + [False] * 4)
+    has_text = np.array([True] * 4 + [False] * 4 + [True] * 4)
+    fixed = None
+    if with_test:
+        clients = np.concatenate([clients, [-1] * 4])
+        has_image = np.concatenate([has_image, [True, True, False, True]])
+        has_text = np.concatenate([has_text, [True, False, True, True]])
+        fixed = np.arange(n) >= 12
+    return Bundle(
+        name="sites", task="multiclass", classes=["x", "y"], labels=rng.integers(0, 2, n),
+        groups=np.arange(n) // 2, images=rng.integers(0, 256, (n, 1, 4, 4, 1), dtype=np.uint8),
+        texts=[f"t{i}" for i in range(n)], has_image=has_image, has_text=has_text,
+        clients=clients, client_names=["a", "b", "c"], fixed_test=fixed,
+    )
+
+
+def test_predefined_clients_are_kept() -> None:
+    b = _predefined_bundle()
+    sc = build_scenario(b, cfg_for(**{"split.val": 0.0, "split.test": 0.5}))
+    assert [(c.name, c.group) for c in sc.clients] == [("a", "multimodal"), ("b", "image_only"), ("c", "text_only")]
+    for c in sc.clients:
+        items = np.sort(np.concatenate([c.splits[s].idx for s in SPLITS]))
+        assert items.tolist() == np.flatnonzero(b.clients == c.cid).tolist()
+        assert len(c.splits["test"]) == 2  # one patient of two
+    # no predefined test set: the clients' own test splits, under each condition they allow
+    own = np.concatenate([c.splits["test"].idx for c in sc.clients])
+    assert set(sc.test["text"].idx) == set(own[b.has_text[own]])
+    assert set(sc.test["both"].idx) <= set(np.flatnonzero(b.clients == 0))
+
+
+def test_predefined_test_folder_and_missing_modalities() -> None:
+    b = _predefined_bundle(with_test=True)
+    sc = build_scenario(b, cfg_for(**{"missing.image": 0.5, "missing.text": 0.5}))
+    assert sorted(sc.test["text"].idx.tolist()) == [12, 14, 15]
+    assert sorted(sc.test["image"].idx.tolist()) == [12, 13, 15]
+    assert sorted(sc.test["both"].idx.tolist()) == [12, 15]
+    for c in sc.clients:
+        for s in SPLITS:
+            v = c.splits[s]
+            assert (v.has_img | v.has_txt).all()
+            assert not (v.has_img & ~b.has_image[v.idx]).any() and not (v.has_txt & ~b.has_text[v.idx]).any()
+    # an item-level gap is honoured by partitioned scenarios too: no row shows what it lacks
+    b.clients = b.client_names = None
+    sc = build_scenario(b, cfg_for(**{"clients.multimodal": 1, "clients.image_only": 1, "clients.text_only": 1}))
+    for c in sc.clients:
+        for s in SPLITS:
+            v = c.splits[s]
+            assert not (v.has_img & ~b.has_image[v.idx]).any() and not (v.has_txt & ~b.has_text[v.idx]).any()
+
+
+def test_patient_in_two_predefined_clients_is_an_error() -> None:
+    b = _predefined_bundle()
+    b.groups = b.groups.copy()
+    b.groups[4] = 0  # an item of site b belongs to site a's first patient
+    with pytest.raises(DataError, match="identity group 0 .* is in two clients, a and b"):
+        build_scenario(b, cfg_for())
+    b = _predefined_bundle(with_test=True)
+    b.groups = b.groups.copy()
+    b.groups[12] = 1
+    with pytest.raises(DataError, match="in both the predefined test set and the training pool"):
+        build_scenario(b, cfg_for())
+
+
+def test_bundle_rejects_bad_masks() -> None:
+    with pytest.raises(ValueError, match="has_text given but the bundle has no such modality"):
+        Bundle(name="x", task="multiclass", classes=["a"], labels=np.zeros(2, np.int64),
+               groups=np.arange(2), images=np.zeros((2, 1, 2, 2, 1), np.uint8), has_text=np.ones(2, bool))
+    with pytest.raises(ValueError, match="client ids go up to 1 but only 1 client names"):
+        Bundle(name="x", task="multiclass", classes=["a"], labels=np.zeros(2, np.int64), groups=np.arange(2),
+               texts=["a", "b"], clients=np.array([0, 1]), client_names=["only"])

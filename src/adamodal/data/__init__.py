@@ -8,7 +8,7 @@ import pkgutil
 from adamodal.data.base import Bundle, DatasetSource
 from adamodal.errors import ConfigError
 
-_NOT_DATASETS = {"base", "fetch", "scenario", "partition"}
+_NOT_DATASETS = {"base", "check", "fetch", "scenario", "partition"}
 
 
 def dataset_names() -> list[str]:

@@ -38,6 +38,18 @@ class Bundle:
         fixed_test: optional ``[N]`` bool mask of items forming a predefined global test set
             (e.g. Fashion-MNIST's official test split); ``None`` lets the scenario hold one out.
         meta: free-form facts printed by ``adamodal data info`` (source package, version...).
+        has_image: optional ``[N]`` bool: which items really have an image. Real collections
+            mix studies with and without pixels (a report whose X-ray was never exported); such
+            an item holds a zero placeholder in ``images`` and the scenario masks it out.
+            ``None`` means every item has one (when ``images`` is set).
+        has_text: the same for texts (a missing report is an empty placeholder string).
+        clients: optional ``[N]`` int64 predefined client of each item (``-1``: in no client,
+            e.g. a global test folder). Sites define their own clients; when set, the scenario
+            uses them instead of partitioning, and each client's modalities are what its items
+            have. ``client_names`` names them (index = client id).
+
+    Multi-label ``labels`` may hold NaN where a finding's value is unknown (the ``ignore``
+    policy for uncertain CheXpert labels); losses and metrics skip those entries.
     """
 
     name: str
@@ -50,6 +62,10 @@ class Bundle:
     texts: list[str] | None = None
     fixed_test: np.ndarray | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    has_image: np.ndarray | None = None
+    has_text: np.ndarray | None = None
+    clients: np.ndarray | None = None
+    client_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -64,6 +80,34 @@ class Bundle:
             raise ValueError(f"{self.name}: {len(self.texts)} texts for {n} labels")
         if self.fixed_test is not None and len(self.fixed_test) != n:
             raise ValueError(f"{self.name}: fixed_test mask has {len(self.fixed_test)} entries for {n} items")
+        for attr, present in (("has_image", self.images is not None), ("has_text", self.texts is not None)):
+            mask = getattr(self, attr)
+            if mask is None:
+                continue
+            if not present:
+                raise ValueError(f"{self.name}: {attr} given but the bundle has no such modality")
+            if len(mask) != n:
+                raise ValueError(f"{self.name}: {attr} has {len(mask)} entries for {n} items")
+            setattr(self, attr, np.asarray(mask, dtype=bool))
+        if self.clients is not None:
+            if len(self.clients) != n:
+                raise ValueError(f"{self.name}: {len(self.clients)} client ids for {n} items")
+            names = self.client_names or []
+            if len(self.clients) and int(np.max(self.clients)) >= len(names):
+                raise ValueError(f"{self.name}: client ids go up to {int(np.max(self.clients))} "
+                                 f"but only {len(names)} client names are given")
+
+    def image_mask(self) -> np.ndarray:
+        """``[N]`` bool: items with a real image (all False for a text-only data set)."""
+        if self.images is None:
+            return np.zeros(len(self), bool)
+        return np.ones(len(self), bool) if self.has_image is None else self.has_image
+
+    def text_mask(self) -> np.ndarray:
+        """``[N]`` bool: items with a real text (all False for an image-only data set)."""
+        if self.texts is None:
+            return np.zeros(len(self), bool)
+        return np.ones(len(self), bool) if self.has_text is None else self.has_text
 
     @property
     def modalities(self) -> tuple[Modality, ...]:
@@ -85,7 +129,7 @@ class Bundle:
         """One class id per item, for label-skew partitioning (first positive for multi-label)."""
         if self.task == "multiclass":
             return self.labels.astype(np.int64)
-        lab = np.asarray(self.labels)
+        lab = np.nan_to_num(np.asarray(self.labels, dtype=np.float32), nan=0.0)  # unknown = absent
         return np.where(lab.any(axis=1), lab.argmax(axis=1), lab.shape[1]).astype(np.int64)
 
 

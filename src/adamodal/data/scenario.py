@@ -3,10 +3,18 @@
 Built from a :class:`Bundle` and the config, deterministically from the seed:
 1. a global test set (the data set's own test split, or a held-out fraction of identity groups);
 2. the remaining groups partitioned among clients (IID, Dirichlet or k classes per client);
+   groups that natively lack the image (a report collection added beside X-rays) go to the
+   text-only clients, groups that lack the text to the image-only clients;
 3. modality groups by count (multimodal, then image-only, then text-only clients), image
    domains assigned round-robin (client ``i`` sees domain ``i % D``);
 4. per-client train/val/test split by group, and sample-level missingness inside multimodal
    clients (a sample never loses both modalities).
+
+A bundle whose sites define their own clients (``Bundle.clients``, e.g. the ``folder`` layout)
+skips steps 1-3: each predefined client keeps exactly its items, its modality group is what
+its items have, and the global test set is the bundle's ``fixed_test`` items (a ``test``
+folder) or else the union of the clients' own test splits. Items that lack a modality
+(``Bundle.has_image`` / ``has_text``) never show it, in any view.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ class ClientSpec:
     group: str
     domain: int
     splits: dict[str, View] = field(default_factory=dict)
+    #: the site's own name when the data defines its clients (``client_03``), else ``""``
+    name: str = ""
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -67,7 +77,10 @@ class Scenario:
         """The server's test set through one client's eyes: its modalities and image domain,
         at most ``max_rows`` rows (a fixed random subset) so per-client evaluation stays cheap."""
         cond = {"multimodal": "both", "image_only": "image", "text_only": "text"}[client.group]
-        view = self.test[cond]
+        view = self.test.get(cond)
+        if view is None:  # predefined test items may lack the pairing this client would see
+            empty = np.zeros(0, np.int64)
+            return View(empty, empty.copy(), np.zeros(0, bool), np.zeros(0, bool))
         keep = np.ones(len(view), bool)
         if "image" in client.modalities:
             keep = view.dom == client.domain
@@ -107,8 +120,152 @@ def _split_groups(groups: np.ndarray, val: float, test: float, rng: np.random.Ge
     return {"test": g[:n_test], "val": g[n_test:n_test + n_val], "train": g[n_test + n_val:]}
 
 
+def _view(bundle: Bundle, items: np.ndarray, dom: int, img: bool, txt: bool) -> View:
+    """Rows ``items`` seen with the given modalities, minus what an item really lacks; rows
+    left with no modality at all are dropped (they carry nothing a model could read)."""
+    has_img = bundle.image_mask()[items] & img
+    has_txt = bundle.text_mask()[items] & txt
+    keep = has_img | has_txt
+    items = items[keep]
+    return View(items, np.full(len(items), dom), has_img[keep], has_txt[keep])
+
+
+def _drop_modalities(view: View, p_img: float, p_txt: float, rng: np.random.Generator) -> View:
+    """Sample-level missingness inside a multimodal client: a row never loses both."""
+    n = len(view)
+    has_img, has_txt = view.has_img.copy(), view.has_txt.copy()
+    drop_img = rng.random(n) < p_img
+    drop_txt = rng.random(n) < p_txt
+    both = drop_img & drop_txt
+    keep_img = rng.random(n) < 0.5
+    drop_img &= ~(both & keep_img)
+    drop_txt &= ~(both & ~keep_img)
+    # only drop a modality the row still has another one beside
+    drop_img &= has_txt
+    drop_txt &= has_img & ~drop_img
+    return View(view.idx, view.dom, has_img & ~drop_img, has_txt & ~drop_txt)
+
+
+def _test_views(bundle: Bundle, test_items: np.ndarray) -> dict[str, View]:
+    """Every (item, domain) pair for image conditions, each item once for text; each condition
+    keeps only the items that have what it shows."""
+    test: dict[str, View] = {}
+    mods = bundle.modalities
+    n_dom = len(bundle.domains)
+    img_ok, txt_ok = bundle.image_mask(), bundle.text_mask()
+    if "image" in mods:
+        for cond, need_txt in (("both", True), ("image", False)):
+            if cond == "both" and "text" not in mods:
+                continue
+            items = test_items[img_ok[test_items] & (txt_ok[test_items] if need_txt else True)]
+            rep_idx = np.repeat(items, n_dom)
+            rep_dom = np.tile(np.arange(n_dom), len(items))
+            ones = np.ones(len(rep_idx), bool)
+            test[cond] = View(rep_idx, rep_dom, ones, ones.copy() if need_txt else ~ones)
+    if "text" in mods:
+        items = test_items[txt_ok[test_items]]
+        n_t = len(items)
+        test["text"] = View(items, np.zeros(n_t, np.int64), np.zeros(n_t, bool), np.ones(n_t, bool))
+    return test
+
+
+def check_group_integrity(bundle: Bundle) -> None:
+    """One identity group (a patient) must not sit in two predefined clients, nor straddle the
+    predefined test set and the clients' pool: either would leak a patient across splits."""
+    if bundle.fixed_test is not None:
+        test_g = set(np.unique(bundle.groups[bundle.fixed_test]).tolist())
+        pool_g = set(np.unique(bundle.groups[~bundle.fixed_test]).tolist())
+        both = sorted(test_g & pool_g)
+        if both:
+            raise DataError(
+                f"dataset {bundle.name}: {len(both)} identity group(s) (patients) are in both the "
+                f"predefined test set and the training pool, e.g. group {both[0]}"
+            )
+    if bundle.clients is not None:
+        names = bundle.client_names or []
+        owners: dict[int, int] = {}
+        for g, c in zip(bundle.groups.tolist(), bundle.clients.tolist(), strict=True):
+            if c < 0:
+                continue
+            prev = owners.setdefault(g, c)
+            if prev != c:
+                raise DataError(
+                    f"dataset {bundle.name}: identity group {g} (a patient) is in two clients, "
+                    f"{names[prev]} and {names[c]}"
+                )
+
+
+def _predefined_scenario(bundle: Bundle, cfg: dict) -> Scenario:
+    """Clients as the data defines them (one per site folder), split by group inside each."""
+    assert bundle.clients is not None
+    seed = int(cfg["seed"])
+    names = bundle.client_names or []
+    n_dom = len(bundle.domains)
+    p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
+    img_ok, txt_ok = bundle.image_mask(), bundle.text_mask()
+    pool = np.ones(len(bundle), bool) if bundle.fixed_test is None else ~bundle.fixed_test
+    clients: list[ClientSpec] = []
+    own_tests: list[np.ndarray] = []
+    for cid in range(len(names)):
+        items = np.flatnonzero((bundle.clients == cid) & pool)
+        if len(items) == 0:
+            raise DataError(f"dataset {bundle.name}: client {names[cid]} has no samples")
+        has_i, has_t = bool(img_ok[items].any()), bool(txt_ok[items].any())
+        group = "multimodal" if has_i and has_t else ("image_only" if has_i else "text_only")
+        spec = ClientSpec(cid=cid, group=group, domain=cid % n_dom, name=names[cid])
+        crng = np.random.default_rng([seed, 11, cid])
+        split_groups = _split_groups(np.unique(bundle.groups[items]), float(cfg["split.val"]),
+                                     float(cfg["split.test"]), crng)
+        for split in SPLITS:
+            rows = items[np.isin(bundle.groups[items], split_groups[split])]
+            view = _view(bundle, rows, spec.domain, has_i, has_t)
+            if group == "multimodal" and (p_img > 0 or p_txt > 0):
+                view = _drop_modalities(view, p_img, p_txt, crng)
+            spec.splits[split] = view
+        own_tests.append(spec.splits["test"].idx)
+        clients.append(spec)
+    if bundle.fixed_test is not None and bundle.fixed_test.any():
+        test_items = np.flatnonzero(bundle.fixed_test)
+    else:
+        test_items = np.sort(np.concatenate(own_tests)) if own_tests else np.zeros(0, np.int64)
+    return Scenario(clients=clients, test=_test_views(bundle, test_items), domains=list(bundle.domains))
+
+
+def _route(bundle: Bundle, pool_groups: np.ndarray, group_names: list[str]) -> list[tuple[np.ndarray, list[int]]]:
+    """Which clients share which groups: ``[(indices into pool_groups, client ids)]``.
+
+    Groups whose items all lack the image (e.g. an added report collection) go to the
+    text-only clients, groups that all lack the text to the image-only clients, when there are
+    such clients; everything else is partitioned among the remaining clients. A bundle where
+    every item has every modality gives one pool holding all clients (the plain partition).
+    """
+    everyone = [(np.arange(len(pool_groups)), list(range(len(group_names))))]
+    if bundle.images is None or bundle.texts is None or (bundle.has_image is None and bundle.has_text is None):
+        return everyone
+    in_pool = np.isin(bundle.groups, pool_groups)
+    pos = np.searchsorted(pool_groups, bundle.groups[in_pool])
+    n_img = np.bincount(pos, weights=bundle.image_mask()[in_pool], minlength=len(pool_groups))
+    n_txt = np.bincount(pos, weights=bundle.text_mask()[in_pool], minlength=len(pool_groups))
+    native = {"text_only": (n_img == 0) & (n_txt > 0), "image_only": (n_txt == 0) & (n_img > 0)}
+    rest = np.ones(len(pool_groups), bool)
+    pools: list[tuple[np.ndarray, list[int]]] = []
+    for kind, mask in native.items():
+        cids = [i for i, g in enumerate(group_names) if g == kind]
+        if mask.any() and cids:
+            pools.append((np.flatnonzero(mask), cids))
+            rest &= ~mask
+    routed = {c for _, cids in pools for c in cids}
+    others = [i for i in range(len(group_names)) if i not in routed]
+    if others:
+        pools.insert(0, (np.flatnonzero(rest), others))
+    return pools
+
+
 def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     """Deterministic for a given bundle and config (everything is drawn from ``cfg['seed']``)."""
+    check_group_integrity(bundle)
+    if bundle.clients is not None:
+        return _predefined_scenario(bundle, cfg)
     seed = int(cfg["seed"])
     rng = np.random.default_rng([seed, 7])
     counts = {g: int(cfg[f"clients.{g}"]) for g in GROUPS}
@@ -146,14 +303,19 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     if len(pool_groups) == 0:
         raise DataError(f"dataset {bundle.name}: no items left for the clients after the global test split")
 
-    # 2. partition groups among clients
-    parts = partition_groups(
-        _group_labels(bundle, pool_groups), num_clients, str(cfg["partition"]),
-        alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
-    )
+    # 2. partition groups among clients (natively single-modality groups to matching clients)
     group_names = [g for g in GROUPS for _ in range(counts[g])]
+    parts = [np.zeros(0, np.int64)] * num_clients
+    for pool, cids in _route(bundle, pool_groups, group_names):
+        sub = partition_groups(
+            _group_labels(bundle, pool_groups[pool]), len(cids), str(cfg["partition"]),
+            alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
+        )
+        for cid, rows in zip(cids, sub, strict=True):
+            parts[cid] = pool[rows]
     n_dom = len(bundle.domains)
     p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
+    pool_items = (np.ones(len(bundle), bool) if bundle.fixed_test is None else ~bundle.fixed_test)
 
     clients: list[ClientSpec] = []
     for cid, (rows, group) in enumerate(zip(parts, group_names, strict=True)):
@@ -167,32 +329,12 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
         split_groups = _split_groups(pool_groups[rows], float(cfg["split.val"]), float(cfg["split.test"]), crng)
         for split in SPLITS:
             items = _items_of(bundle.groups, split_groups[split])
-            n = len(items)
-            has_img = np.full(n, "image" in spec.modalities)
-            has_txt = np.full(n, "text" in spec.modalities)
+            items = items[pool_items[items]]
+            view = _view(bundle, items, spec.domain, "image" in spec.modalities, "text" in spec.modalities)
             if group == "multimodal" and (p_img > 0 or p_txt > 0):
-                drop_img = crng.random(n) < p_img
-                drop_txt = crng.random(n) < p_txt
-                both = drop_img & drop_txt
-                # never lose both: keep one of the two at random
-                keep_img = crng.random(n) < 0.5
-                drop_img &= ~(both & keep_img)
-                drop_txt &= ~(both & ~keep_img)
-                has_img &= ~drop_img
-                has_txt &= ~drop_txt
-            spec.splits[split] = View(items, np.full(n, spec.domain), has_img, has_txt)
+                view = _drop_modalities(view, p_img, p_txt, crng)
+            spec.splits[split] = view
         clients.append(spec)
 
     # 3. global test views: every (item, domain) pair for image conditions, each item once for text
-    test: dict[str, View] = {}
-    n_t = len(test_items)
-    if "image" in mods:
-        rep_idx = np.repeat(test_items, n_dom)
-        rep_dom = np.tile(np.arange(n_dom), n_t)
-        ones, zeros = np.ones(len(rep_idx), bool), np.zeros(len(rep_idx), bool)
-        if "text" in mods:
-            test["both"] = View(rep_idx, rep_dom, ones, ones.copy())
-        test["image"] = View(rep_idx, rep_dom, ones.copy(), zeros)
-    if "text" in mods:
-        test["text"] = View(test_items, np.zeros(n_t, np.int64), np.zeros(n_t, bool), np.ones(n_t, bool))
-    return Scenario(clients=clients, test=test, domains=list(bundle.domains))
+    return Scenario(clients=clients, test=_test_views(bundle, test_items), domains=list(bundle.domains))

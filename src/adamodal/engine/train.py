@@ -32,8 +32,15 @@ def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy, or per-finding binary cross-entropy for multi-label targets, where NaN
+    entries (uncertain findings under the ``ignore`` policy) add neither loss nor gradient."""
     if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, y.float())
+        y = y.float()
+        known = ~torch.isnan(y)
+        if bool(known.all()):
+            return F.binary_cross_entropy_with_logits(logits, y)
+        per = F.binary_cross_entropy_with_logits(logits, torch.where(known, y, 0.0), reduction="none")
+        return (per * known).sum() / known.sum().clamp(min=1)
     return F.cross_entropy(logits, y)
 
 
