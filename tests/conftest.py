@@ -27,8 +27,11 @@ def small_experiment():
 
 
 def with_config(exp, **overrides):
-    """The same prepared data with other (non-data) config values, e.g. another method."""
+    """The same prepared data with other (non-data) config values, e.g. another method or
+    another model size (the model spec follows the config)."""
     from adamodal.config import resolve
+    from adamodal.engine.simulator import model_spec
 
     values = {**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    return dataclasses.replace(exp, cfg=resolve({}, values))
+    cfg = resolve({}, values)
+    return dataclasses.replace(exp, cfg=cfg, spec=model_spec(cfg, exp.bundle, exp.inputs))

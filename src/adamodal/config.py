@@ -50,6 +50,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     "eval.every": 1,
     "eval.max_rows": 2000,
     "threads": 1,
+    "batch_clients": 0,
 }
 
 #: keys whose value must be one of a fixed set (methods and data sets are checked by name)
@@ -86,6 +87,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "eval.every": (1, 1e9, True, True),
     "eval.max_rows": (1, 1e12, True, True),
     "threads": (0, 1024, True, True),
+    "batch_clients": (0, 1e6, True, True),
 }
 
 

@@ -120,14 +120,16 @@ class MultimodalNet(nn.Module):
 
     def encode(
         self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None,
-        m_img: torch.Tensor | None = None, m_txt: torch.Tensor | None = None,
+        m_img: torch.Tensor | None = None, m_txt: torch.Tensor | None = None, skip_absent: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Projections P_img / P_txt into the shared space. A modality no row of the batch has
-        is not computed at all (saves the tower's forward pass on single-modality clients)."""
+        is not computed at all (saves the tower's forward pass on single-modality clients),
+        unless ``skip_absent`` is False: batched training over many clients cannot branch on
+        one client's data, and computes it masked instead (the same output)."""
         reps: dict[str, torch.Tensor] = {}
-        if x_img is not None and hasattr(self, "img_proj") and (m_img is None or bool(m_img.any())):
+        if x_img is not None and hasattr(self, "img_proj") and (not skip_absent or m_img is None or bool(m_img.any())):
             reps["image"] = self.img_proj(self.img_tower(x_img))
-        if x_txt is not None and hasattr(self, "txt_proj") and (m_txt is None or bool(m_txt.any())):
+        if x_txt is not None and hasattr(self, "txt_proj") and (not skip_absent or m_txt is None or bool(m_txt.any())):
             reps["text"] = self.txt_proj(self.txt_tower(x_txt))
         return reps
 
@@ -147,8 +149,9 @@ class MultimodalNet(nn.Module):
 
     def forward(
         self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None, m_img: torch.Tensor, m_txt: torch.Tensor,
+        skip_absent: bool = True,
     ) -> torch.Tensor:
-        return self.classifier(self.fuse(self.encode(x_img, x_txt, m_img, m_txt), m_img, m_txt))
+        return self.classifier(self.fuse(self.encode(x_img, x_txt, m_img, m_txt, skip_absent), m_img, m_txt))
 
 
 def build_model(spec: ModelSpec, seed: int) -> MultimodalNet:

@@ -125,12 +125,26 @@ class InProcessClients(Clients):
 
     def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
         replies: dict[int, Message | ClientFailure] = {}
-        bar = tqdm(messages, desc=f"round {rnd} {phase}", leave=False, disable=not self.progress, unit="client")
+        size = int(self.cfg["batch_clients"])
+        cids = list(messages)
+        if size > 1:  # many clients per computation, when the method can (else one by one)
+            for start in range(0, len(cids), size):
+                chunk = cids[start:start + size]
+                ctxs = [self.context(cid, derive_seed(self.cfg["seed"], rnd, cid, p_idx)) for cid in chunk]
+                torch.manual_seed(derive_seed(self.cfg["seed"], rnd, chunk[0], p_idx))
+                out = self.method.client_steps(phase, rnd, ctxs, [messages[cid] for cid in chunk])
+                if out is None:
+                    break
+                for ctx, reply in zip(ctxs, out, strict=True):
+                    replies[ctx.cid] = reply
+                    self.states[ctx.cid] = ctx.state
+        todo = [cid for cid in cids if cid not in replies]
+        bar = tqdm(todo, desc=f"round {rnd} {phase}", leave=False, disable=not self.progress, unit="client")
         for cid in bar:
             ctx = self.context(cid, derive_seed(self.cfg["seed"], rnd, cid, p_idx))
             replies[cid] = client_step(self.method, phase, rnd, ctx, messages[cid])
             self.states[cid] = ctx.state
-        return replies
+        return {cid: replies[cid] for cid in cids}
 
     def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
         return {

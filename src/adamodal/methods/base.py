@@ -158,6 +158,15 @@ class Method(ABC):
     def client_step(self, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
         """Run one phase on one client; may update ``ctx.state``; returns the reply."""
 
+    def client_steps(self, phase: str, rnd: int, ctxs: list[ClientContext], msgs: list[Message]) -> list[Message] | None:
+        """Several clients' phase at once, when they run in one process (``batch_clients``).
+
+        Returns one reply per client, or None when this method (or this phase) trains clients
+        one at a time. A method that batches must give the replies :meth:`client_step` would
+        give, up to float rounding and random draws. The Flower runtime never calls this.
+        """
+        return None
+
     @abstractmethod
     def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
         """The model this client predicts with, given its state and the eval message."""

@@ -9,8 +9,10 @@ dilutes it in the average: that is FedAvg's known weakness with missing modaliti
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
+from adamodal.engine import batched
 from adamodal.engine.train import ExtraLoss, train_epochs
 from adamodal.methods.base import (
     ClientContext,
@@ -47,8 +49,28 @@ class FedAvg(Method):
         )
         return Message(state_arrays(model), {"num_examples": len(ctx.train), "loss": loss})
 
+    def client_steps(self, phase: str, rnd: int, ctxs: list[ClientContext], msgs: list[Message]) -> list[Message] | None:
+        model = self.model()
+        custom_loss = type(self).extra_loss is not FedAvg.extra_loss
+        if not batched.supports(model) or (custom_loss and type(self).param_penalty is FedAvg.param_penalty):
+            return None
+        starts = [{k: torch.as_tensor(v) for k, v in m.arrays.items()} for m in msgs]
+        states, losses = batched.train_clients(
+            model, starts, [c.train for c in ctxs], ctxs[0].cfg, task=ctxs[0].spec.task,
+            generators=[c.generator for c in ctxs], penalty=self.param_penalty(),
+        )
+        return [
+            Message({k: v.numpy() for k, v in st.items()}, {"num_examples": len(c.train), "loss": loss})
+            for st, c, loss in zip(states, ctxs, losses, strict=True)
+        ]
+
     def extra_loss(self, msg: Message) -> ExtraLoss | None:
         """Hook for regularised variants (FedProx)."""
+        return None
+
+    def param_penalty(self) -> batched.ParamPenalty | None:
+        """:meth:`extra_loss` as a function of (parameters, start parameters), for batched
+        training; a variant that overrides one must override both to be batched."""
         return None
 
     def aggregate(self, phase: str, rnd: int, replies: dict[int, Message]) -> None:

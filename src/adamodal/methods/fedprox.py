@@ -28,5 +28,15 @@ class FedProx(FedAvg):
 
         return proximal
 
+    def param_penalty(self):
+        mu = float(self.cfg["fedprox.mu"])
+        if mu == 0:
+            return None
+
+        def proximal(params: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor]) -> torch.Tensor:
+            return 0.5 * mu * torch.stack([((params[n] - anchors[n]) ** 2).sum() for n in params]).sum()
+
+        return proximal
+
 
 METHOD = FedProx
