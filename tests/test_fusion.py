@@ -254,3 +254,61 @@ def test_modality_dropout_only_in_training():
     c = model(*batch)
     assert set(model.last["imputed"]) == {"image", "text"}
     assert not torch.allclose(a, c)
+
+
+def test_unimodal_views_are_what_a_unimodal_client_predicts():
+    """In training, each paired row is also scored as an image-only and as a text-only client
+    would score it; the view must be exactly the model's prediction with the other modality
+    missing (imputed), or the view loss would train the head on inputs nobody predicts from."""
+    model = build_adamodal_net(SPEC, 0, unimodal_views=True)
+    model.set_knowledge(_knowledge(model))
+    x_img, x_txt, m_img, m_txt = _batch()
+    model.train()
+    model(x_img, x_txt, m_img, m_txt)
+    views = model.last["views"]
+    assert set(views) == {"image", "text", "paired"} and bool(views["paired"].all())
+    model.eval()
+    with torch.no_grad():
+        image_only = model(x_img, torch.zeros_like(x_txt), m_img, torch.zeros_like(m_txt))
+        text_only = model(torch.zeros_like(x_img), x_txt, torch.zeros_like(m_img), m_txt)
+    assert torch.allclose(views["image"], image_only, atol=1e-5)
+    assert torch.allclose(views["text"], text_only, atol=1e-5)
+    # off by default, and never at prediction time
+    plain = build_adamodal_net(SPEC, 0).set_knowledge(_knowledge(model))
+    plain.train()
+    plain(x_img, x_txt, m_img, m_txt)
+    assert plain.last["views"] == {}
+
+
+def test_unimodal_views_teach_the_head_to_predict_from_one_modality():
+    """Trained on paired rows only, the head predicts image-only rows (image + imputed text)
+    better when the paired rows are also scored as image-only views."""
+    torch.manual_seed(0)
+    n, classes = 96, 4
+    y = torch.arange(n) % classes
+    img_means, txt_means = torch.randn(classes, 12), torch.randn(classes, 10) * 3
+    x_img = img_means[y] + 0.8 * torch.randn(n, 12)
+    x_txt = txt_means[y] + 0.1 * torch.randn(n, 10)  # the text is the easy modality
+    on = torch.ones(n, dtype=torch.bool)
+    losses = {}
+    for views in (False, True):
+        model = build_adamodal_net(SPEC, 0, unimodal_views=views, gate=False)
+        with torch.no_grad():  # centroids: class means of each modality in the shared space, paired
+            reps = model.encode(x_img, x_txt)
+            c_img = torch.stack([reps["image"][y == c].mean(0) for c in range(classes)]).numpy()
+            c_txt = torch.stack([reps["text"][y == c].mean(0) for c in range(classes)]).numpy()
+        model.set_knowledge({"C_img": c_img, "C_txt": c_txt, "pi": np.arange(classes)})
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        torch.manual_seed(1)
+        for _ in range(40):
+            model.train()
+            loss = F.cross_entropy(model(x_img, x_txt, on, on), y)
+            if views:
+                loss = loss + F.cross_entropy(model.last["views"]["image"], y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            losses[views] = float(F.cross_entropy(model(x_img, torch.zeros_like(x_txt), on, ~on), y))
+    assert losses[True] < 0.7 * losses[False], losses

@@ -281,7 +281,8 @@ class AdaModalNet(MultimodalNet):
 
     def __init__(self, spec: ModelSpec, *, heads: int = 4, tau: float = 1.0, impute: str = "cross_attention",
                  cross_attention: bool = True, gate: bool = True, modality_dropout: float = 0.0,
-                 rank: int = 32, personal_rank: int = 0, adapter_rank: int = 32) -> None:
+                 rank: int = 32, personal_rank: int = 0, adapter_rank: int = 32,
+                 unimodal_views: bool = False) -> None:
         super().__init__(spec)
         dim = self.rep_dim
         self.imputer = CrossAttentionImputer(dim, heads=heads)
@@ -298,6 +299,7 @@ class AdaModalNet(MultimodalNet):
         self.use_cross_attention = cross_attention
         self.use_gate = gate
         self.modality_dropout = float(modality_dropout)
+        self.unimodal_views = bool(unimodal_views)
         self.knowledge: Knowledge | None = None
         self.last: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -343,6 +345,7 @@ class AdaModalNet(MultimodalNet):
                 protos[m] = z
             final[m] = self.gate(r, z) if (self.use_gate and z is not None) else r
         imputed: dict[str, torch.Tensor] = {}
+        views: dict[str, torch.Tensor] = {}
         if self.fusion is not None:
             for target, source in (("text", "image"), ("image", "text")):
                 # at prediction time only where a row really lacks ``target``; in training
@@ -351,9 +354,12 @@ class AdaModalNet(MultimodalNet):
                     imp = self.impute(target, source, reps[source])
                     if imp is not None:
                         imputed[target] = imp
+            both = masks["image"] & masks["text"]
+            if self.training and self.unimodal_views and len(imputed) == 2 and bool(both.any()):
+                views = {**self.unimodal_logits(final, imputed, both), "paired": both}
             if self.training and self.modality_dropout > 0 and len(imputed) == 2:
-                both = masks["image"] & masks["text"]
                 drop = both & (torch.rand(len(both), device=both.device) < self.modality_dropout)
+                views["dropped"] = drop
                 which = torch.rand(len(both), device=both.device) < 0.5
                 masks = {"image": masks["image"] & ~(drop & which), "text": masks["text"] & ~(drop & ~which)}
             for target, source in (("text", "image"), ("image", "text")):
@@ -365,8 +371,24 @@ class AdaModalNet(MultimodalNet):
                         final[target] = imputed[target]
                     masks[target] = masks[target] | fill
         if self.training:
-            self.last = {"reps": reps, "protos": protos, "imputed": imputed}
+            # views: the unimodal logits of the paired rows ("image", "text"), which rows those
+            # are ("paired") and which of them modality dropout hid ("dropped")
+            self.last = {"reps": reps, "protos": protos, "imputed": imputed, "views": views}
         return self.classifier(self.fuse_final(final, masks))
+
+    def unimodal_logits(self, final: dict[str, torch.Tensor], imputed: dict[str, torch.Tensor],
+                        both: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The predictions an image-only and a text-only client would make for the paired rows
+        ``both``: each row's one modality plus the imputation of the other, through the same
+        adapter, fusion and classifier. Trained on multimodal clients, they teach the shared
+        head the inputs the unimodal clients predict from (one modality and an imputation),
+        which the fused paired rows alone never show it."""
+        on = torch.ones(int(both.sum()), dtype=torch.bool, device=both.device)
+        out = {}
+        for keep, fill in (("image", "text"), ("text", "image")):
+            reps = {keep: final[keep][both], fill: imputed[fill][both]}
+            out[keep] = self.classifier(self.fuse_final(reps, {"image": on, "text": on}))
+        return out
 
     def fuse_final(self, final: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
         """Adapter on each (real or imputed) modality, then the masked gated fusion."""
