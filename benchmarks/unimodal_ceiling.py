@@ -1,15 +1,15 @@
-"""How well can ANY single-modality model do for the image-only and text-only clients?
+"""How well can a single-modality model do for the image-only and text-only clients?
 
 Pools every client's training rows of one modality on one machine (no federation, no privacy:
-a ceiling, not a method) and fits two classifiers on the frozen features alone: a logistic
-regression (scikit-learn), a one-hidden-layer MLP (256 units) and AdaModal-Fed's own network
-(factorised projection, adapter, classifier; no knowledge, so no imputation) trained on that
-modality alone. All are scored exactly as
-``groups_server_test`` scores a method: each image-only (text-only) client's view of the
-server's test set (its modality, its vendor), predictions pooled over the group's clients.
+a ceiling, not a method) and fits three classifiers on the frozen features of that modality
+alone: a logistic regression (scikit-learn), a one-hidden-layer MLP (256 units), and
+AdaModal-Fed's own network (factorised projection, adapter, classifier; no server knowledge,
+so no imputation). All are scored exactly as ``groups_server_test`` scores a method: each
+image-only (text-only) client's view of the server's test set (its modality, its vendor),
+predictions pooled over the group's clients. Multi-class data sets only.
 
-A federated model that an image-only client predicts with sees the same input, so these
-numbers say how much room there is above FedAvg on the unimodal groups of this data set.
+An image-only client predicts from the same input, so these numbers say how much room there
+is above FedAvg on the unimodal groups of this data set.
 
     .venv/bin/python benchmarks/unimodal_ceiling.py [--seeds 0,1,2] [--set key=value ...]
 """
