@@ -312,3 +312,42 @@ def test_unimodal_views_teach_the_head_to_predict_from_one_modality():
         with torch.no_grad():
             losses[views] = float(F.cross_entropy(model(x_img, torch.zeros_like(x_txt), on, ~on), y))
     assert losses[True] < 0.7 * losses[False], losses
+
+
+def test_experts_only_touch_rows_with_one_modality():
+    plain = build_adamodal_net(SPEC, 0).eval()
+    expert = build_adamodal_net(SPEC, 0, experts=True).eval()
+    x_img, x_txt, _, _ = _batch(6)
+    m_img = torch.tensor([1, 1, 0, 1, 1, 0]).bool()
+    m_txt = torch.tensor([1, 0, 1, 1, 0, 1]).bool()
+    a, b = plain(x_img, x_txt, m_img, m_txt), expert(x_img, x_txt, m_img, m_txt)
+    both = m_img & m_txt
+    assert torch.allclose(a[both], b[both], atol=1e-6)  # same seed weights, head untouched
+    assert not torch.allclose(a[~both], b[~both])
+    assert torch.allclose(torch.softmax(b, -1).sum(-1), torch.ones(6), atol=1e-5)  # still log-probabilities
+    # an image-only row's prediction is the mean of the head's and the image expert's
+    feats = expert.expert_logits()
+    row = 1
+    mean = 0.5 * (torch.softmax(a[row], -1) + torch.softmax(feats["image"][row], -1))
+    assert torch.allclose(torch.softmax(b[row], -1), mean, atol=1e-5)
+
+
+def test_expert_layernorm_lets_a_few_adam_steps_fit_small_scale_features():
+    """Sentence embeddings have entries around 0.05: an expert normalises them so that the few
+    federated epochs it gets are enough, where a plain linear layer is still near uniform."""
+    from adamodal.fusion import ModalityExpert
+
+    torch.manual_seed(0)
+    n, classes, dim = 128, 4, 64
+    y = torch.arange(n) % classes
+    x = F.normalize(torch.randn(classes, dim)[y] + 0.5 * torch.randn(n, dim), dim=-1)  # unit rows
+    losses = {}
+    for name, model in (("expert", ModalityExpert(dim, classes)), ("linear", nn.Linear(dim, classes))):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(30):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[name] = float(F.cross_entropy(model(x), y).detach())
+    assert losses["expert"] < 0.5 * losses["linear"], losses
