@@ -247,3 +247,22 @@ def test_unimodal_view_losses_join_the_local_loss(small_experiment):
         assert ("image" in model.last["views"]) == (w > 0)
         out[w] = float(m.local_loss(ctx)(model, batch, logits).detach())
     assert out[1.0] > out[0.0] + 1.0, out
+
+
+def test_modality_experts_travel_only_with_their_modality(small_experiment):
+    exp, m = _method(small_experiment, adamodal__experts=True)
+    image_only = next(c.cid for c in exp.clients if c.group == "image_only")
+    multimodal = next(c.cid for c in exp.clients if c.group == "multimodal")
+    keys = m.upload_keys(image_only)
+    assert {"img_expert.linear.weight", "img_expert.linear.bias"} <= keys
+    assert not any(k.startswith("txt_expert") for k in keys)
+    assert {"img_expert.linear.weight", "txt_expert.linear.weight"} <= m.upload_keys(multimodal)
+    # the experts' loss joins the local loss of every row that has the modality
+    ctx = _ctx(exp, m, multimodal, {})
+    batch = ctx.train.subset(torch.arange(8))
+    model = m.build()
+    model.train()
+    logits = model(batch.x_img, batch.x_txt, batch.m_img, batch.m_txt)
+    with_experts = float(m.local_loss(ctx)(model, batch, logits).detach())
+    model.last["experts"] = {}
+    assert with_experts > float(m.local_loss(ctx)(model, batch, logits).detach()) + 1.0  # ~2 x ln(9)
