@@ -254,3 +254,100 @@ def test_modality_dropout_only_in_training():
     c = model(*batch)
     assert set(model.last["imputed"]) == {"image", "text"}
     assert not torch.allclose(a, c)
+
+
+def test_unimodal_views_are_what_a_unimodal_client_predicts():
+    """In training, each paired row is also scored as an image-only and as a text-only client
+    would score it; the view must be exactly the model's prediction with the other modality
+    missing (imputed), or the view loss would train the head on inputs nobody predicts from."""
+    model = build_adamodal_net(SPEC, 0, unimodal_views=True)
+    model.set_knowledge(_knowledge(model))
+    x_img, x_txt, m_img, m_txt = _batch()
+    model.train()
+    model(x_img, x_txt, m_img, m_txt)
+    views = model.last["views"]
+    assert set(views) == {"image", "text", "paired"} and bool(views["paired"].all())
+    model.eval()
+    with torch.no_grad():
+        image_only = model(x_img, torch.zeros_like(x_txt), m_img, torch.zeros_like(m_txt))
+        text_only = model(torch.zeros_like(x_img), x_txt, torch.zeros_like(m_img), m_txt)
+    assert torch.allclose(views["image"], image_only, atol=1e-5)
+    assert torch.allclose(views["text"], text_only, atol=1e-5)
+    # off by default, and never at prediction time
+    plain = build_adamodal_net(SPEC, 0).set_knowledge(_knowledge(model))
+    plain.train()
+    plain(x_img, x_txt, m_img, m_txt)
+    assert plain.last["views"] == {}
+
+
+def test_unimodal_views_teach_the_head_to_predict_from_one_modality():
+    """Trained on paired rows only, the head predicts image-only rows (image + imputed text)
+    better when the paired rows are also scored as image-only views."""
+    torch.manual_seed(0)
+    n, classes = 96, 4
+    y = torch.arange(n) % classes
+    img_means, txt_means = torch.randn(classes, 12), torch.randn(classes, 10) * 3
+    x_img = img_means[y] + 0.8 * torch.randn(n, 12)
+    x_txt = txt_means[y] + 0.1 * torch.randn(n, 10)  # the text is the easy modality
+    on = torch.ones(n, dtype=torch.bool)
+    losses = {}
+    for views in (False, True):
+        model = build_adamodal_net(SPEC, 0, unimodal_views=views, gate=False)
+        with torch.no_grad():  # centroids: class means of each modality in the shared space, paired
+            reps = model.encode(x_img, x_txt)
+            c_img = torch.stack([reps["image"][y == c].mean(0) for c in range(classes)]).numpy()
+            c_txt = torch.stack([reps["text"][y == c].mean(0) for c in range(classes)]).numpy()
+        model.set_knowledge({"C_img": c_img, "C_txt": c_txt, "pi": np.arange(classes)})
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        torch.manual_seed(1)
+        for _ in range(40):
+            model.train()
+            loss = F.cross_entropy(model(x_img, x_txt, on, on), y)
+            if views:
+                loss = loss + F.cross_entropy(model.last["views"]["image"], y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            losses[views] = float(F.cross_entropy(model(x_img, torch.zeros_like(x_txt), on, ~on), y))
+    assert losses[True] < 0.7 * losses[False], losses
+
+
+def test_experts_only_touch_rows_with_one_modality():
+    plain = build_adamodal_net(SPEC, 0).eval()
+    expert = build_adamodal_net(SPEC, 0, experts=True).eval()
+    x_img, x_txt, _, _ = _batch(6)
+    m_img = torch.tensor([1, 1, 0, 1, 1, 0]).bool()
+    m_txt = torch.tensor([1, 0, 1, 1, 0, 1]).bool()
+    a, b = plain(x_img, x_txt, m_img, m_txt), expert(x_img, x_txt, m_img, m_txt)
+    both = m_img & m_txt
+    assert torch.allclose(a[both], b[both], atol=1e-6)  # same seed weights, head untouched
+    assert not torch.allclose(a[~both], b[~both])
+    assert torch.allclose(torch.softmax(b, -1).sum(-1), torch.ones(6), atol=1e-5)  # still log-probabilities
+    # an image-only row's prediction is the mean of the head's and the image expert's
+    feats = expert.expert_logits()
+    row = 1
+    mean = 0.5 * (torch.softmax(a[row], -1) + torch.softmax(feats["image"][row], -1))
+    assert torch.allclose(torch.softmax(b[row], -1), mean, atol=1e-5)
+
+
+def test_expert_layernorm_lets_a_few_adam_steps_fit_small_scale_features():
+    """Sentence embeddings have entries around 0.05: an expert normalises them so that the few
+    federated epochs it gets are enough, where a plain linear layer is still near uniform."""
+    from adamodal.fusion import ModalityExpert
+
+    torch.manual_seed(0)
+    n, classes, dim = 128, 4, 64
+    y = torch.arange(n) % classes
+    x = F.normalize(torch.randn(classes, dim)[y] + 0.5 * torch.randn(n, dim), dim=-1)  # unit rows
+    losses = {}
+    for name, model in (("expert", ModalityExpert(dim, classes)), ("linear", nn.Linear(dim, classes))):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(30):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[name] = float(F.cross_entropy(model(x), y).detach())
+    assert losses["expert"] < 0.5 * losses["linear"], losses

@@ -175,6 +175,21 @@ class FactorizedProjection(nn.Module):
         return self.norm(h)
 
 
+class ModalityExpert(nn.Module):
+    """A linear classifier straight on one modality's tower output, after a LayerNorm without
+    parameters: the features are put on one scale so that a few federated epochs of Adam can
+    fit it (raw sentence embeddings have entries around 0.05, and an unnormalised linear
+    layer on them is still near uniform after 20 rounds)."""
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim, elementwise_affine=False)
+        self.linear = nn.Linear(in_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
 def factorize_adapter(adapter: nn.Module, rank: int, scale: float = 16.0) -> None:
     """Swap the adapter's square matrices for frozen-seed + low-rank updates, in place."""
     for name, child in list(adapter.named_children()):
@@ -281,7 +296,8 @@ class AdaModalNet(MultimodalNet):
 
     def __init__(self, spec: ModelSpec, *, heads: int = 4, tau: float = 1.0, impute: str = "cross_attention",
                  cross_attention: bool = True, gate: bool = True, modality_dropout: float = 0.0,
-                 rank: int = 32, personal_rank: int = 0, adapter_rank: int = 32) -> None:
+                 rank: int = 32, personal_rank: int = 0, adapter_rank: int = 32,
+                 unimodal_views: bool = False, experts: bool = False) -> None:
         super().__init__(spec)
         dim = self.rep_dim
         self.imputer = CrossAttentionImputer(dim, heads=heads)
@@ -298,8 +314,16 @@ class AdaModalNet(MultimodalNet):
         self.use_cross_attention = cross_attention
         self.use_gate = gate
         self.modality_dropout = float(modality_dropout)
+        self.unimodal_views = bool(unimodal_views)
         self.knowledge: Knowledge | None = None
         self.last: dict[str, dict[str, torch.Tensor]] = {}
+        # modality experts last, so that every other initial weight is what it is without them
+        self.use_experts = bool(experts) and self.fusion is not None
+        if self.use_experts:
+            if hasattr(self, "img_proj"):
+                self.img_expert = ModalityExpert(self._feature_dim("image"), spec.num_classes)
+            if hasattr(self, "txt_proj"):
+                self.txt_expert = ModalityExpert(self._feature_dim("text"), spec.num_classes)
 
     def set_knowledge(self, arrays: dict[str, np.ndarray] | None) -> AdaModalNet:
         device = next(self.parameters()).device
@@ -329,10 +353,59 @@ class AdaModalNet(MultimodalNet):
             return k.keys[target][nearest(r_src, k.keys[source])]
         return self.imputer(r_src, k.keys[source], k.keys[target])
 
+    # ---- modality experts ---------------------------------------------------------------
+    def _feature_dim(self, modality: str) -> int:
+        tower = self.img_tower if modality == "image" else self.txt_tower
+        fallback = self.spec.img_dim if modality == "image" else self.spec.txt_dim
+        return int(getattr(tower, "out_dim", fallback))
+
+    def encode(self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None,
+               m_img: torch.Tensor | None = None, m_txt: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """As :meth:`MultimodalNet.encode`; with experts on, the tower outputs of the call are
+        kept in ``self.features`` for them (the towers run once)."""
+        if not self.use_experts:
+            return super().encode(x_img, x_txt, m_img, m_txt)
+        self.features: dict[str, torch.Tensor] = {}
+        reps: dict[str, torch.Tensor] = {}
+        if x_img is not None and hasattr(self, "img_proj") and (m_img is None or bool(m_img.any())):
+            self.features["image"] = self.img_tower(x_img)
+            reps["image"] = self.img_proj(self.features["image"])
+        if x_txt is not None and hasattr(self, "txt_proj") and (m_txt is None or bool(m_txt.any())):
+            self.features["text"] = self.txt_tower(x_txt)
+            reps["text"] = self.txt_proj(self.features["text"])
+        return reps
+
+    def expert_logits(self) -> dict[str, torch.Tensor]:
+        """Each modality expert's logits for every row of the last :meth:`encode` call."""
+        if not self.use_experts:
+            return {}
+        experts = {"image": getattr(self, "img_expert", None), "text": getattr(self, "txt_expert", None)}
+        return {m: experts[m](f) for m, f in self.features.items() if experts[m] is not None}
+
+    def with_experts(self, logits: torch.Tensor, experts: dict[str, torch.Tensor],
+                     m_img: torch.Tensor, m_txt: torch.Tensor) -> torch.Tensor:
+        """Rows with one modality only: the mean of the head's and that modality's expert's
+        probabilities, as logits. Rows with both modalities keep the head's prediction."""
+        out = logits
+        for m, own, other in (("image", m_img, m_txt), ("text", m_txt, m_img)):
+            if m not in experts:
+                continue
+            rows = own & ~other
+            if not bool(rows.any()):
+                continue
+            if self.spec.task == "multilabel":
+                p = 0.5 * (torch.sigmoid(logits) + torch.sigmoid(experts[m])).clamp(1e-6, 1 - 1e-6)
+                mixed = p.log() - (1 - p).log()
+            else:
+                mixed = (0.5 * (torch.softmax(logits, -1) + torch.softmax(experts[m], -1))).clamp_min(1e-12).log()
+            out = torch.where(rows.unsqueeze(-1), mixed, out)
+        return out
+
     # ---- forward ------------------------------------------------------------------------
     def forward(self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None,
                 m_img: torch.Tensor, m_txt: torch.Tensor) -> torch.Tensor:
         reps = self.encode(x_img, x_txt, m_img, m_txt)
+        experts = self.expert_logits()
         masks = {"image": m_img if "image" in reps else torch.zeros_like(m_img),
                  "text": m_txt if "text" in reps else torch.zeros_like(m_txt)}
         final: dict[str, torch.Tensor] = {}
@@ -343,6 +416,7 @@ class AdaModalNet(MultimodalNet):
                 protos[m] = z
             final[m] = self.gate(r, z) if (self.use_gate and z is not None) else r
         imputed: dict[str, torch.Tensor] = {}
+        views: dict[str, torch.Tensor] = {}
         if self.fusion is not None:
             for target, source in (("text", "image"), ("image", "text")):
                 # at prediction time only where a row really lacks ``target``; in training
@@ -351,9 +425,12 @@ class AdaModalNet(MultimodalNet):
                     imp = self.impute(target, source, reps[source])
                     if imp is not None:
                         imputed[target] = imp
+            both = masks["image"] & masks["text"]
+            if self.training and self.unimodal_views and len(imputed) == 2 and bool(both.any()):
+                views = {**self.unimodal_logits(final, imputed, both), "paired": both}
             if self.training and self.modality_dropout > 0 and len(imputed) == 2:
-                both = masks["image"] & masks["text"]
                 drop = both & (torch.rand(len(both), device=both.device) < self.modality_dropout)
+                views["dropped"] = drop
                 which = torch.rand(len(both), device=both.device) < 0.5
                 masks = {"image": masks["image"] & ~(drop & which), "text": masks["text"] & ~(drop & ~which)}
             for target, source in (("text", "image"), ("image", "text")):
@@ -365,8 +442,26 @@ class AdaModalNet(MultimodalNet):
                         final[target] = imputed[target]
                     masks[target] = masks[target] | fill
         if self.training:
-            self.last = {"reps": reps, "protos": protos, "imputed": imputed}
-        return self.classifier(self.fuse_final(final, masks))
+            # views: the unimodal logits of the paired rows ("image", "text"), which rows those
+            # are ("paired") and which of them modality dropout hid ("dropped")
+            # experts: each modality expert's logits for every row (trained on their own)
+            self.last = {"reps": reps, "protos": protos, "imputed": imputed, "views": views, "experts": experts}
+            return self.classifier(self.fuse_final(final, masks))
+        return self.with_experts(self.classifier(self.fuse_final(final, masks)), experts, m_img, m_txt)
+
+    def unimodal_logits(self, final: dict[str, torch.Tensor], imputed: dict[str, torch.Tensor],
+                        both: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The predictions an image-only and a text-only client would make for the paired rows
+        ``both``: each row's one modality plus the imputation of the other, through the same
+        adapter, fusion and classifier. Trained on multimodal clients, they teach the shared
+        head the inputs the unimodal clients predict from (one modality and an imputation),
+        which the fused paired rows alone never show it."""
+        on = torch.ones(int(both.sum()), dtype=torch.bool, device=both.device)
+        out = {}
+        for keep, fill in (("image", "text"), ("text", "image")):
+            reps = {keep: final[keep][both], fill: imputed[fill][both]}
+            out[keep] = self.classifier(self.fuse_final(reps, {"image": on, "text": on}))
+        return out
 
     def fuse_final(self, final: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
         """Adapter on each (real or imputed) modality, then the masked gated fusion."""

@@ -224,3 +224,45 @@ def test_each_projection_is_averaged_over_the_clients_that_hold_its_modality(sma
     np.testing.assert_allclose(m.global_params["txt_proj.gain"], mean("txt_proj.gain", (0, 4)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.global_params["classifier.weight"], mean("classifier.weight", (0, 3, 4)),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_unimodal_view_losses_join_the_local_loss(small_experiment):
+    """With ``view_weight`` on, a multimodal client's loss also scores its paired rows as an
+    image-only and a text-only client would (about ln(9) more at the seed's weights); with
+    both view weights at 0 the model computes no views at all."""
+    with pytest.raises(ConfigError, match="view_weight"):
+        _method(small_experiment, adamodal__view_weight=-1.0)
+    exp, m = _method(small_experiment, adamodal__modality_dropout=0.0, adamodal__view_kd=0.0)
+    ctx = _ctx(exp, m, 0, {})
+    rng = np.random.default_rng(0)
+    know = {"C_img": rng.normal(size=(4, 256)).astype(np.float32),
+            "C_txt": rng.normal(size=(4, 256)).astype(np.float32), "pi": np.arange(4)}
+    batch = ctx.train.subset(torch.arange(16))
+    out = {}
+    for w in (0.0, 1.0):
+        m.opt["view_weight"] = w
+        model = m.build().set_knowledge(know)
+        model.train()
+        logits = model(batch.x_img, batch.x_txt, batch.m_img, batch.m_txt)
+        assert ("image" in model.last["views"]) == (w > 0)
+        out[w] = float(m.local_loss(ctx)(model, batch, logits).detach())
+    assert out[1.0] > out[0.0] + 1.0, out
+
+
+def test_modality_experts_travel_only_with_their_modality(small_experiment):
+    exp, m = _method(small_experiment, adamodal__experts=True)
+    image_only = next(c.cid for c in exp.clients if c.group == "image_only")
+    multimodal = next(c.cid for c in exp.clients if c.group == "multimodal")
+    keys = m.upload_keys(image_only)
+    assert {"img_expert.linear.weight", "img_expert.linear.bias"} <= keys
+    assert not any(k.startswith("txt_expert") for k in keys)
+    assert {"img_expert.linear.weight", "txt_expert.linear.weight"} <= m.upload_keys(multimodal)
+    # the experts' loss joins the local loss of every row that has the modality
+    ctx = _ctx(exp, m, multimodal, {})
+    batch = ctx.train.subset(torch.arange(8))
+    model = m.build()
+    model.train()
+    logits = model(batch.x_img, batch.x_txt, batch.m_img, batch.m_txt)
+    with_experts = float(m.local_loss(ctx)(model, batch, logits).detach())
+    model.last["experts"] = {}
+    assert with_experts > float(m.local_loss(ctx)(model, batch, logits).detach()) + 1.0  # ~2 x ln(9)
