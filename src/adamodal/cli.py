@@ -76,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from adamodal.bench import run_bench
 
     t0 = time.perf_counter()
-    run_bench(["local", "fedavg", "central"], [0], {}, args.out, quiet=args.quiet,
+    run_bench(["local", "fedavg", "adamodal", "central"], [0], {}, args.out, quiet=args.quiet,
               title="adamodal demo (default scenario)")
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; plots: {args.out}/comparison.png, "
           f"{args.out}/<method>/seed0/history.png")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("runs/bench"))
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="local vs fedavg vs central on the default scenario, table and plots")
+    d = sub.add_parser("demo", help="local vs fedavg vs adamodal vs central on the default scenario, table and plots")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
