@@ -10,7 +10,9 @@ algorithm code, the seeds and the evaluation are identical under both runtimes.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,8 +105,26 @@ class Clients(ABC):
         """Inverse of :meth:`state`."""
 
 
+def failure_reason(exc: BaseException) -> str:
+    """``"raised ValueError: message"``, on one line and of bounded length, for the log."""
+    text = " ".join(str(exc).split())
+    return f"raised {type(exc).__name__}: {text[:300]}" if text else f"raised {type(exc).__name__}"
+
+
 class InProcessClients(Clients):
-    """All clients in this process, one after another, one model instance in memory."""
+    """All clients in this process, one after another, one model instance in memory.
+
+    A client whose step raises an exception gives a :class:`ClientFailure` naming it, and its
+    persisted state stays what it was before the step (the step works on a copy of the state
+    dict, committed only on success). ``client_timeout`` (seconds, 0 = none) is enforced by
+    measuring: a reply that took longer is dropped as late, like one a real server stopped
+    waiting for. A thread cannot be killed safely in Python, so a client that never returns
+    still blocks the in-process run; the Flower runtime, where clients are other processes,
+    bounds the wait itself.
+    """
+
+    #: the clock the timeout is measured with (tests substitute a fake one)
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def __init__(self, method: Method, clients: list[ClientData], server_views: dict[int, Tensors],
                  server_tests: dict[str, Tensors], spec, cfg, device: torch.device, *, progress: bool = False) -> None:
@@ -126,9 +146,21 @@ class InProcessClients(Clients):
     def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
         replies: dict[int, Message | ClientFailure] = {}
         bar = tqdm(messages, desc=f"round {rnd} {phase}", leave=False, disable=not self.progress, unit="client")
+        timeout = float(self.cfg.get("client_timeout", 0.0) or 0.0)
         for cid in bar:
             ctx = self.context(cid, derive_seed(self.cfg["seed"], rnd, cid, p_idx))
-            replies[cid] = client_step(self.method, phase, rnd, ctx, messages[cid])
+            ctx.state = dict(ctx.state)  # a failed step must not leave half-updated state behind
+            start = self.clock()
+            try:
+                reply = client_step(self.method, phase, rnd, ctx, messages[cid])
+            except Exception as exc:  # noqa: BLE001 - any client error drops only that client
+                replies[cid] = ClientFailure(failure_reason(exc))
+                continue
+            took = self.clock() - start
+            if timeout > 0 and took > timeout:
+                replies[cid] = ClientFailure(f"timeout: replied after {took:.1f} s > client_timeout={timeout:g} s")
+                continue
+            replies[cid] = reply
             self.states[cid] = ctx.state
         return replies
 

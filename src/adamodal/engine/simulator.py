@@ -38,6 +38,7 @@ from adamodal.engine.clients import (
 )
 from adamodal.engine.tensors import Tensors, materialize
 from adamodal.engine.train import predict
+from adamodal.engine.validate import Limits, validate_replies
 from adamodal.errors import AdamodalError
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ClientInfo, Message, Method
@@ -158,19 +159,49 @@ class Simulator:
             messages = method.configure(phase, rnd, cids)
             for cid in cids:
                 st.bytes_down[cid] = st.bytes_down.get(cid, 0) + messages[cid].nbytes()
-            replies: dict[int, Message] = {}
-            for cid, reply in self.clients.step(phase, rnd, p_idx, {cid: messages[cid] for cid in cids}).items():
-                if isinstance(reply, ClientFailure):
-                    st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reply.reason})
-                    continue
-                st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
-                replies[cid] = reply
+            received = self.clients.step(phase, rnd, p_idx, {cid: messages[cid] for cid in cids})
+            replies = self.judge(phase, rnd, messages, received)
+            self.require_quorum(phase, rnd, len(cids), len(replies))
             method.aggregate(phase, rnd, replies)
             st.time_s[phase] = st.time_s.get(phase, 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(self.cfg["seed"], rnd, 10**6))
         method.end_round(rnd)
         st.time_s["server"] = st.time_s.get("server", 0.0) + time.perf_counter() - t0
+
+    def judge(self, phase: str, rnd: int, sent: dict[int, Message],
+              received: dict[int, Message | ClientFailure]) -> dict[int, Message]:
+        """The replies fit to aggregate: failures and invalid payloads are logged in
+        ``dropped`` and left out. Bytes are counted for every payload that arrived."""
+        st = self.state
+        arrived = {}
+        for cid, reply in sorted(received.items()):
+            if isinstance(reply, ClientFailure):
+                st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reply.reason})
+                continue
+            if isinstance(reply, Message):
+                try:
+                    st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
+                except (TypeError, ValueError, AttributeError):
+                    pass  # unmeasurable garbage: validation below rejects it
+            arrived[cid] = reply
+        valid, rejected = validate_replies(self.method, phase, rnd, sent, arrived, Limits.from_config(self.cfg))
+        for cid, reason in sorted(rejected.items()):
+            st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reason})
+        return valid
+
+    def require_quorum(self, phase: str, rnd: int, asked: int, valid: int) -> None:
+        """Stop the run when too few clients replied usably (``min_clients``; a phase that asks
+        fewer clients than that needs all of them). The checkpoint of the previous round stays."""
+        need = min(int(self.cfg["min_clients"]), asked)
+        if valid < need:
+            reasons = [d for d in self.state.dropped if d["round"] == rnd and d["phase"] == phase]
+            detail = "; ".join(f"client {d['client']}: {d['reason']}" for d in reasons[:5])
+            raise AdamodalError(
+                f"round {rnd} ({phase}): only {valid} of {asked} clients gave a usable reply, "
+                f"min_clients={self.cfg['min_clients']} ({detail}); the run stopped after round "
+                f"{self.state.round}, fix the clients and continue with --resume {self.out}"
+            )
 
     # ---- evaluation ------------------------------------------------------------------
     def evaluate(self, rnd: int) -> dict[str, Any]:
@@ -257,6 +288,7 @@ class Simulator:
         start = time.perf_counter() - self.state.wall_s
         if self.state.round == 0 and not self.state.history:
             self.state.history.append(self.evaluate(0))
+            self.checkpoint()  # a run that stops in round 1 is resumable too
         bar = tqdm(range(self.state.round + 1, rounds + 1), desc=f"{self.cfg['method']}", disable=not self.progress,
                    unit="round", initial=self.state.round, total=rounds)
         for rnd in bar:
@@ -290,6 +322,7 @@ class Simulator:
             "domains": self.exp.scenario.domains,
             "time_s": {k: round(v, 3) for k, v in st.time_s.items()},
             "dropped": st.dropped,
+            "privacy": self.method.privacy_report(st.round),
         })
 
 
