@@ -336,6 +336,9 @@ class AdaModalFed(Method):
             z_img, z_txt = img, txt
         return {"Z_img": z_img.float().cpu().numpy(), "Z_txt": z_txt.float().cpu().numpy()}
 
+    def shares_per_sample(self) -> bool:
+        return self.opt["share"] == "embeddings"
+
     def privacy_report(self, rounds: int) -> dict[str, Any] | None:
         """Epsilon of the noised summaries: per round a client releases at most ``k_local``
         centroids per modality, each clipped to ``dp_clip`` and noised with std

@@ -174,6 +174,12 @@ class Method(ABC):
         """
         return None
 
+    def shares_per_sample(self) -> bool:
+        """True when this configuration sends raw inputs or per-sample tensors off a client by
+        design (``central``; AdaModal-Fed with ``share=embeddings``). The privacy test holds
+        every other method and mode to summaries and parameters only."""
+        return self.moves_raw_data
+
     def privacy_report(self, rounds: int) -> dict[str, Any] | None:
         """The differential-privacy guarantee of what this run released, or None when no
         mechanism is on (written to ``summary.json`` as ``privacy``)."""
