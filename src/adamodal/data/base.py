@@ -14,6 +14,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
+from adamodal.errors import DataError
+
 Modality = Literal["image", "text"]
 Task = Literal["multiclass", "multilabel"]
 MODALITIES: tuple[Modality, ...] = ("image", "text")
@@ -52,18 +54,31 @@ class Bundle:
     meta: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Inconsistent arrays are a data problem: one DataError naming the data set."""
         n = len(self.labels)
+        if n == 0:
+            raise DataError(f"{self.name}: no items")
         if len(self.groups) != n:
-            raise ValueError(f"{self.name}: {len(self.groups)} groups for {n} labels")
+            raise DataError(f"{self.name}: {len(self.groups)} groups for {n} labels")
+        if self.images is None and self.texts is None:
+            raise DataError(f"{self.name}: neither images nor texts (no known modality)")
         if self.images is not None:
             if self.images.ndim != 5 or self.images.shape[0] != n:
-                raise ValueError(f"{self.name}: images must be [N, D, H, W, C] with N={n}, got {self.images.shape}")
+                raise DataError(f"{self.name}: images must be [N, D, H, W, C] with N={n}, got {self.images.shape}")
             if self.images.shape[1] != len(self.domains):
-                raise ValueError(f"{self.name}: {self.images.shape[1]} image domains but {len(self.domains)} names")
+                raise DataError(f"{self.name}: {self.images.shape[1]} image domains but {len(self.domains)} names")
         if self.texts is not None and len(self.texts) != n:
-            raise ValueError(f"{self.name}: {len(self.texts)} texts for {n} labels")
+            raise DataError(f"{self.name}: {len(self.texts)} texts for {n} labels")
         if self.fixed_test is not None and len(self.fixed_test) != n:
-            raise ValueError(f"{self.name}: fixed_test mask has {len(self.fixed_test)} entries for {n} items")
+            raise DataError(f"{self.name}: fixed_test mask has {len(self.fixed_test)} entries for {n} items")
+        labels = np.asarray(self.labels)
+        if self.task == "multiclass":
+            if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= len(self.classes))):
+                raise DataError(f"{self.name}: multiclass labels must be [N] ids in 0..{len(self.classes) - 1}")
+        elif labels.ndim != 2 or labels.shape[1] != len(self.classes):
+            raise DataError(f"{self.name}: multilabel labels must be [N, {len(self.classes)}], got {labels.shape}")
+        elif not np.isfinite(labels.astype(np.float64)).all():
+            raise DataError(f"{self.name}: non-finite multilabel labels")
 
     @property
     def modalities(self) -> tuple[Modality, ...]:

@@ -39,7 +39,7 @@ from adamodal.engine.clients import (
 from adamodal.engine.tensors import Tensors, materialize
 from adamodal.engine.train import predict
 from adamodal.engine.validate import Limits, validate_replies
-from adamodal.errors import AdamodalError
+from adamodal.errors import AdamodalError, DataError
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ClientInfo, Message, Method
 from adamodal.metrics import METRICS, clean, compute_metrics
@@ -93,7 +93,8 @@ def prepare(cfg: Config, progress: bool = True) -> Experiment:
     for spec in scenario.clients:
         t = {s: materialize(inputs, bundle.labels, spec.splits[s]) for s in ("train", "val", "test")}
         if len(t["train"]) == 0:
-            raise AdamodalError(f"client {spec.cid} has no training samples; lower split.val/split.test")
+            raise DataError(f"client {spec.cid} ({spec.group}) has no training samples; lower split.val/split.test "
+                            "or use fewer clients")
         clients.append(ClientData(spec.cid, spec.group, spec.modalities, t["train"], t["val"], t["test"]))
     test = {cond: materialize(inputs, bundle.labels, view) for cond, view in scenario.test.items()}
     shared: dict[tuple[str, int], Tensors] = {}
