@@ -207,8 +207,10 @@ def load_toml(path: Path) -> dict[str, Any]:
             return _flatten(tomllib.load(fh))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({' '.join(str(exc).split())})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable config file ({exc.strerror or exc})") from None
 
 
 def resolve(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:

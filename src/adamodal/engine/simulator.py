@@ -270,11 +270,17 @@ class Simulator:
         path = self.out / CHECKPOINT
         if not path.exists():
             raise AdamodalError(f"{path}: no checkpoint to resume from")
-        payload = torch.load(path, weights_only=False)
-        self.method.init_server()
-        self.method.load_server_state(_as_arrays(payload["server"]))
-        self.state = RunState(**payload["state"])
-        self.clients.load_state(_as_arrays(payload["clients"]))
+        try:
+            # weights_only: a checkpoint is tensors, numbers and strings; a tampered file cannot
+            # run code on load
+            payload = torch.load(path, weights_only=True)
+            self.method.init_server()
+            self.method.load_server_state(_as_arrays(payload["server"]))
+            self.state = RunState(**payload["state"])
+            self.clients.load_state(_as_arrays(payload["clients"]))
+        except Exception as exc:  # noqa: BLE001 - any damage means the file cannot be resumed from
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise AdamodalError(f"{path}: unreadable checkpoint ({reason}); start the run again with --force") from exc
 
     # ---- the whole run ---------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def _load_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
         return None
     try:
         arr = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None
     if arr.shape != shape or arr.dtype != np.float32:
         return None
