@@ -79,6 +79,8 @@ def test_no_raw_input_or_per_sample_tensor_leaves_a_client(small_experiment, tmp
     data = {c.cid: c.train for c in exp.clients}
     leaks = {(rnd, phase, cid): per_sample_leaks(msg, data[cid]) for rnd, phase, cid, msg in sent}
     leaks = {k: v for k, v in leaks.items() if v}
+    print(f"privacy: {method}{' ' + str(extra) if extra else ''}: {len(sent)} payloads inspected, "
+          f"{sum(len(m.arrays) for *_, m in sent)} arrays, {len(leaks)} per-sample")
     if sim.method.shares_per_sample():
         # the documented exception: the detector must see it (so it is not blind)
         assert leaks, f"{method} {extra} declares per-sample sharing but nothing per-sample was seen"
