@@ -198,3 +198,14 @@ def test_a_gzip_that_lies_is_a_data_error(tmp_path):
     path.write_bytes(bytes(blob))
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz"):
         read_idx(path)
+
+
+def test_a_run_whose_every_update_is_rejected_stops_cleanly(capsys, tmp_path):
+    """max_update_norm below any real update: every reply is dropped, the run stops after
+    round 0 with one line (exit 1) and stays resumable."""
+    out = tmp_path / "run"
+    code, err = run_cli(["run", "--quiet", "--out", str(out), "--set", *SMALL, "method=fedavg",
+                         "max_update_norm=1e-9"], capsys)
+    assert code == 1, err
+    assert "only 0 of 5 clients" in err and "update norm" in err and f"--resume {out}" in err
+    assert (out / sim_mod.CHECKPOINT).exists() and not (out / "summary.json").exists()
