@@ -75,7 +75,8 @@ CASES = [(m, {}) for m in method_names()] + [("adamodal", {"adamodal.share": "em
 @pytest.mark.parametrize(("method", "extra"), CASES, ids=[m + ("-embeddings" if e else "") for m, e in CASES])
 def test_no_raw_input_or_per_sample_tensor_leaves_a_client(small_experiment, tmp_path, method, extra):
     exp = with_config(small_experiment, method=method, rounds=1, local_epochs=1, **{k.replace(".", "__"): v for k, v in extra.items()})
-    sent, sim, _ = record_run(exp, tmp_path)
+    sent, sim, summary = record_run(exp, tmp_path)
+    assert summary["dropped"] == []  # server-side validation accepts every honest reply
     data = {c.cid: c.train for c in exp.clients}
     leaks = {(rnd, phase, cid): per_sample_leaks(msg, data[cid]) for rnd, phase, cid, msg in sent}
     leaks = {k: v for k, v in leaks.items() if v}

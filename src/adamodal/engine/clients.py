@@ -10,6 +10,7 @@ algorithm code, the seeds and the evaluation are identical under both runtimes.
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -154,6 +155,8 @@ class InProcessClients(Clients):
             try:
                 reply = client_step(self.method, phase, rnd, ctx, messages[cid])
             except Exception as exc:  # noqa: BLE001 - any client error drops only that client
+                if os.environ.get("ADAMODAL_DEBUG"):
+                    raise  # developers see the traceback of a failing client step
                 replies[cid] = ClientFailure(failure_reason(exc))
                 continue
             took = self.clock() - start
