@@ -11,6 +11,7 @@ import pytest
 from adamodal.engine.clients import ClientFailure, InProcessClients
 from adamodal.engine.simulator import CHECKPOINT, Simulator
 from adamodal.errors import AdamodalError
+from adamodal.methods import method_names
 from tests.conftest import with_config
 
 
@@ -132,3 +133,25 @@ def test_checkpoint_holds_rng_state_metrics_and_client_state(small_experiment, t
     assert sorted(payload["clients"]) == [1, 2, 3, 4]
     assert len(payload["state"]["records"]) == 2 * 5 and len(payload["state"]["history"]) == 2
     assert payload["state"]["dropped"][0]["client"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_resumes_to_the_same_summary(small_experiment, tmp_path, method):
+    """Killed during round 2, resumed: identical summary for every method (methods added
+    later included), so whatever state a method keeps is in its checkpoint."""
+    exp = with_config(small_experiment, method=method, rounds=2, local_epochs=1)
+    full = Simulator(exp, tmp_path / "full", progress=False).run()
+    crashing = Simulator(exp, tmp_path / "crash", progress=False)
+    original = crashing.run_round
+
+    def run_round(rnd: int) -> None:
+        if rnd == 2:
+            raise KeyboardInterrupt
+        original(rnd)
+
+    crashing.run_round = run_round
+    with pytest.raises(KeyboardInterrupt):
+        crashing.run()
+    resumed = Simulator(exp, tmp_path / "crash", progress=False).run(resume=True)
+    assert _strip_times(resumed) == _strip_times(full)

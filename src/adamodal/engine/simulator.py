@@ -339,7 +339,8 @@ def _as_tensors(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _as_tensors(v) for k, v in tree.items()}
     if isinstance(tree, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(tree))
+        # not np.ascontiguousarray: it turns a 0-d array (a scalar parameter) into shape (1,)
+        return torch.from_numpy(tree if tree.flags.c_contiguous else tree.copy(order="C"))
     return tree
 
 
