@@ -48,7 +48,8 @@ def _attacks(m, rng) -> dict[str, Message]:
     variant("object", lambda r: r.arrays.__setitem__(key, np.array(["x"] * 3, dtype=object)))
     variant("norm", lambda r: r.arrays.__setitem__(key, (r.arrays[key] * 1e6).astype(np.float32)))
     variant("count", lambda r: r.scalars.__setitem__("num_examples", 10**9))
-    variant("nan_scalar", lambda r: r.scalars.__setitem__("loss", float("nan")))
+    variant("inf_scalar", lambda r: r.scalars.__setitem__("loss", float("inf")))
+    variant("nan_count", lambda r: r.scalars.__setitem__("num_examples", float("nan")))
     variant("oversized", lambda r: r.arrays.__setitem__(key, np.zeros((4000, 4000), np.float32)))
     out["not_a_message"] = {"weights": 1}  # type: ignore[assignment]
     return out
@@ -57,7 +58,7 @@ def _attacks(m, rng) -> dict[str, Message]:
 EXPECTED = {
     "nan": "non-finite", "inf": "non-finite", "shape": "shape", "dtype": "dtype", "missing": "missing",
     "extra": "unexpected", "object": "dtype object", "norm": "update norm", "count": "num_examples",
-    "nan_scalar": "non-finite scalar", "oversized": "too large", "not_a_message": "expected a Message",
+    "inf_scalar": "infinite scalar", "nan_count": "num_examples", "oversized": "too large", "not_a_message": "expected a Message",
 }
 
 
@@ -74,6 +75,7 @@ def test_honest_replies_pass_and_norm_is_of_the_update(fedavg):
     rng = np.random.default_rng(1)
     sent = fedavg.configure("train", 1, [0, 1, 2])
     replies = {c: _honest(fedavg, c, rng) for c in sent}
+    replies[2].scalars["val_auc"] = float("nan")  # an undefined metric is honest, not an attack
     valid, rejected = validate_replies(fedavg, "train", 1, sent, replies, LIMITS)
     assert rejected == {} and set(valid) == {0, 1, 2}
     # what is bounded is the change the client made (0.01 per coordinate), not the model

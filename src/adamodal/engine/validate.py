@@ -11,6 +11,8 @@ exact schema, or ``None``, in which case it is derived without per-method code:
 
 * an array named like an array the server sent in this phase (a model sent down and trained)
   must come back with the same shape and dtype;
+* scalars may be NaN (an undefined metric) but not infinite; ``num_examples``, which weights
+  the average, must be a finite number no larger than the client's declared training rows;
 * an array the server did not send (summaries, warm-up weights) must have the dtype, the
   number of axes and the trailing dimensions most clients of the phase used for that name
   (the first axis is free: a client's number of centroids or rows may differ). Derived
@@ -81,8 +83,10 @@ def _structure_problem(reply: Any, limits: Limits) -> str | None:
     for key, v in reply.scalars.items():
         if not isinstance(v, int | float | str | bool):
             return f"invalid payload: scalar {key} is a {type(v).__name__}"
-        if isinstance(v, float) and not np.isfinite(v):
-            return f"non-finite scalar {key}={v}"
+        if isinstance(v, float) and np.isinf(v):
+            # NaN is allowed: an honest client reports an undefined metric (a validation split
+            # with one class has no AUC) as NaN; values that weight the average are checked below
+            return f"infinite scalar {key}={v}"
     return None
 
 
@@ -128,7 +132,8 @@ def _count_problem(reply: Message, method: Method, cid: int) -> str | None:
         return None
     n = reply.scalars["num_examples"]
     info = method.clients.get(cid)
-    if isinstance(n, bool) or not isinstance(n, int | float) or n < 0 or (info is not None and n > info.num_train):
+    if (isinstance(n, bool) or not isinstance(n, int | float) or not np.isfinite(n) or n < 0
+            or (info is not None and n > info.num_train)):
         declared = info.num_train if info is not None else "?"
         return f"invalid num_examples={n!r} (client declared {declared} training rows)"
     return None
