@@ -78,6 +78,8 @@ def test_honest_replies_pass_and_norm_is_of_the_update(fedavg):
     replies[2].scalars["val_auc"] = float("nan")  # an undefined metric is honest, not an attack
     valid, rejected = validate_replies(fedavg, "train", 1, sent, replies, LIMITS)
     assert rejected == {} and set(valid) == {0, 1, 2}
+    _, rejected = validate_replies(fedavg, "train", 1, {0: sent[0]}, {0: replies[0], 7: replies[1]}, LIMITS)
+    assert rejected == {7: "reply from a client that was not asked"}
     # what is bounded is the change the client made (0.01 per coordinate), not the model
     n_float = sum(v.size for v in fedavg.global_params.values() if v.dtype.kind == "f")
     assert update_norm(replies[0], sent[0]) == pytest.approx(0.01 * np.sqrt(n_float), rel=0.02)
@@ -139,3 +141,21 @@ def test_a_malicious_client_is_dropped_and_never_aggregated(small_experiment, tm
     assert EXPECTED[attack] in summary["dropped"][0]["reason"]
     assert all(np.isfinite(v).all() for v in sim.method.global_params.values())
     assert summary["test"]["both"]["macro_auc"] > 0.7
+
+
+def test_clients_check_what_the_server_sends(small_experiment, tmp_path):
+    """Both sides check: a corrupted broadcast fails the client's step with the reason."""
+    exp = with_config(small_experiment, method="fedavg", rounds=1)
+    sim = Simulator(exp, tmp_path, progress=False)
+    configure = sim.method.configure
+
+    def corrupt(phase, rnd, cids):
+        msgs = configure(phase, rnd, cids)
+        bad = {k: v.copy() for k, v in msgs[cids[0]].arrays.items()}
+        next(v for v in bad.values() if v.dtype.kind == "f").flat[0] = np.nan
+        return {c: (Message(bad) if c == cids[0] else m) for c, m in msgs.items()}
+
+    sim.method.configure = corrupt
+    summary = sim.run()
+    assert [d["client"] for d in summary["dropped"]] == [0]
+    assert "invalid message from the server: non-finite values" in summary["dropped"][0]["reason"]

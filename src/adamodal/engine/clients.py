@@ -66,7 +66,11 @@ class ClientEval:
 
 
 def client_step(method: Method, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
-    """Run one phase on one client with the phase's seed set for torch's global generator."""
+    """Run one phase on one client with the phase's seed set for torch's global generator,
+    after checking the server's message (well-formed, finite)."""
+    from adamodal.engine.validate import check_incoming
+
+    check_incoming(msg)
     torch.manual_seed(ctx.seed)
     return method.client_step(phase, rnd, ctx, msg)
 

@@ -144,7 +144,7 @@ def validate_replies(method: Method, phase: str, rnd: int, sent: dict[int, Messa
     """Split one phase's replies into the valid ones and ``{cid: reason}`` for the rest."""
     problems: dict[int, str] = {}
     for cid, reply in replies.items():
-        reason = _structure_problem(reply, limits)
+        reason = "reply from a client that was not asked" if cid not in sent else _structure_problem(reply, limits)
         if reason:
             problems[cid] = reason
     sound = {cid: r for cid, r in sorted(replies.items()) if cid not in problems}
@@ -168,3 +168,14 @@ def validate_replies(method: Method, phase: str, rnd: int, sent: dict[int, Messa
             problems[cid] = reason
     valid = {cid: r for cid, r in replies.items() if cid not in problems}
     return valid, problems
+
+
+def check_incoming(msg: Any) -> None:
+    """The client's side of the check: a message from the server must be well-formed and
+    finite before the client trains on it (a corrupted broadcast fails that client's step,
+    which the server then sees as a failure with this reason)."""
+    from adamodal.errors import AdamodalError
+
+    reason = _structure_problem(msg, Limits())
+    if reason:
+        raise AdamodalError(f"invalid message from the server: {reason}")
