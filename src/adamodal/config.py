@@ -51,6 +51,17 @@ CORE_DEFAULTS: dict[str, Any] = {
     "eval.max_rows": 2000,
     "threads": 1,
     "batch_clients": 0,
+    # reliability: what the server accepts from clients (engine/validate.py)
+    "min_clients": 1,
+    "client_timeout": 0.0,
+    "max_update_norm": 1e4,
+    "max_payload_mb": 1024.0,
+    "aggregation": "mean",
+    # client-level differential privacy of parameter uploads (FedAvg, FedProx, FedAvg-group)
+    "dp.noise": 0.0,
+    "dp.clip": 1.0,
+    "dp.delta": 1e-5,
+    "dp.mode": "client",
 }
 
 #: keys whose value must be one of a fixed set (methods and data sets are checked by name)
@@ -60,6 +71,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "towers": ("frozen", "small"),
     "model": ("cnn", "mlp"),
     "text_model": ("bow",),
+    "dp.mode": ("client", "server"),
 }
 
 #: (low, high, low_inclusive, high_inclusive) bounds for numeric keys
@@ -88,6 +100,13 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "eval.max_rows": (1, 1e12, True, True),
     "threads": (0, 1024, True, True),
     "batch_clients": (0, 1e6, True, True),
+    "min_clients": (1, 1e6, True, True),
+    "client_timeout": (0, float("inf"), True, False),
+    "max_update_norm": (0, float("inf"), True, False),
+    "max_payload_mb": (0, float("inf"), True, False),
+    "dp.noise": (0, 1e6, True, True),
+    "dp.clip": (0, float("inf"), False, False),
+    "dp.delta": (0, 1, False, False),
 }
 
 
@@ -137,15 +156,18 @@ def _parse_value(key: str, raw: Any, default: Any) -> Any:
             if float(value) != int(float(value)):
                 raise ValueError
             return int(float(value))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected an integer, got {raw!r}") from None
     if isinstance(default, float):
         if isinstance(raw, bool):
             raise ConfigError(f"{key}: expected a number, got {raw!r}")
         try:
-            return float(raw)
+            value = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite number, got {raw!r}")
+        return value
     return str(raw)
 
 
@@ -187,8 +209,10 @@ def load_toml(path: Path) -> dict[str, Any]:
             return _flatten(tomllib.load(fh))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({' '.join(str(exc).split())})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable config file ({exc.strerror or exc})") from None
 
 
 def resolve(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -222,6 +246,12 @@ def resolve(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str
             lo_s = "[" if lo_inc else "("
             hi_s = "]" if hi_inc else ")"
             raise ConfigError(f"{key}: {v} is outside {lo_s}{lo}, {hi}{hi_s}")
+    from adamodal.methods.base import parse_aggregation
+
+    try:
+        parse_aggregation(values["aggregation"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if values["split.val"] + values["split.test"] >= 1:
         raise ConfigError("split.val + split.test must leave room for training (sum < 1)")
     if values["clients.multimodal"] + values["clients.image_only"] + values["clients.text_only"] == 0:

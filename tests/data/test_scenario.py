@@ -390,9 +390,9 @@ def test_patient_in_two_predefined_clients_is_an_error() -> None:
 
 
 def test_bundle_rejects_bad_masks() -> None:
-    with pytest.raises(ValueError, match="has_text given but the bundle has no such modality"):
+    with pytest.raises(DataError, match="has_text given but the bundle has no such modality"):
         Bundle(name="x", task="multiclass", classes=["a"], labels=np.zeros(2, np.int64),
                groups=np.arange(2), images=np.zeros((2, 1, 2, 2, 1), np.uint8), has_text=np.ones(2, bool))
-    with pytest.raises(ValueError, match="client ids go up to 1 but only 1 client names"):
+    with pytest.raises(DataError, match="client ids go up to 1 but only 1 client names"):
         Bundle(name="x", task="multiclass", classes=["a"], labels=np.zeros(2, np.int64), groups=np.arange(2),
                texts=["a", "b"], clients=np.array([0, 1]), client_names=["only"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import zlib
 from pathlib import Path
 
@@ -211,3 +213,49 @@ def test_hashed_tokens_are_stable() -> None:
     assert ids.shape == (3, 3) and ids.dtype == np.int64
     assert ids.tolist() == [[4777, 1587, 11290], [0, 0, 0], [4777, 0, 0]]
     assert hash_texts(["", ""]).shape == (2, 1)
+
+
+# ---- damaged cache files -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["nan", "truncated", "garbage"])
+def test_a_damaged_cache_file_is_recomputed(
+    cached: tuple[Bundle, Path, Inputs, int], damage: str
+) -> None:
+    """NaN written into a cache file, a file cut short, or random bytes: the features are
+    recomputed (never trained on) and come out as before."""
+    bundle, root, first, _ = cached
+    assert first.txt is not None
+    expected = first.txt.clone()
+    path = feature_cache_path(root, "text", bundle.texts)
+    good = path.read_bytes()
+    if damage == "nan":
+        arr = np.load(path)
+        arr[5, 7] = np.nan
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        bad = buf.getvalue()
+    elif damage == "truncated":
+        bad = good[: len(good) // 2]
+    else:
+        bad = b"\x93NUMPY" + bytes(range(256)) * 4
+    # a new file renamed over the old one: mapped copies of the old one stay intact
+    tmp = path.with_name(path.name + ".damaged")
+    tmp.write_bytes(bad)
+    os.replace(tmp, path)
+    before = features.FORWARD_BATCHES
+    again = build_inputs(bundle, "frozen", cache=root, progress=False)
+    assert features.FORWARD_BATCHES > before  # recomputed
+    assert again.txt is not None
+    assert torch.allclose(again.txt, expected, atol=1e-5)
+    assert np.isfinite(np.load(path)).all()
+
+
+def test_a_tower_that_yields_nan_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = make_bundle()
+    monkeypatch.setattr(features, "_encode_images", lambda imgs, *a, **k: np.full((len(imgs), 1280), np.nan, np.float32))
+    with pytest.raises(DataError, match=r"image-efficientnet-lite0-.*\.npy: the image tower produced NaN/Inf features for 24 of 24"):
+        build_inputs(bundle, "frozen", cache=tmp_path, progress=False)
+    assert not any((tmp_path / "features").glob("*.npy"))  # nothing damaged was cached

@@ -73,6 +73,8 @@ def parse_tab(raw: str, source: str) -> tuple[list[str], list[str]]:
         text = "\n\n".join(_unescape(cells[i]).strip() for i in text_cols if cells[i].strip())
         if not label or label == "?":
             raise DataError(f"{source}: line {lineno} has no class value")
+        if not text:
+            raise DataError(f"{source}: line {lineno} has an empty text")
         labels.append(label)
         texts.append(text)
     return labels, texts

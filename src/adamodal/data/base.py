@@ -14,6 +14,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
+from adamodal.errors import DataError
+
 Modality = Literal["image", "text"]
 Task = Literal["multiclass", "multilabel"]
 MODALITIES: tuple[Modality, ...] = ("image", "text")
@@ -68,33 +70,46 @@ class Bundle:
     client_names: list[str] | None = None
 
     def __post_init__(self) -> None:
+        """Inconsistent arrays are a data problem: one DataError naming the data set."""
         n = len(self.labels)
+        if n == 0:
+            raise DataError(f"{self.name}: no items")
         if len(self.groups) != n:
-            raise ValueError(f"{self.name}: {len(self.groups)} groups for {n} labels")
+            raise DataError(f"{self.name}: {len(self.groups)} groups for {n} labels")
+        if self.images is None and self.texts is None:
+            raise DataError(f"{self.name}: neither images nor texts (no known modality)")
         if self.images is not None:
             if self.images.ndim != 5 or self.images.shape[0] != n:
-                raise ValueError(f"{self.name}: images must be [N, D, H, W, C] with N={n}, got {self.images.shape}")
+                raise DataError(f"{self.name}: images must be [N, D, H, W, C] with N={n}, got {self.images.shape}")
             if self.images.shape[1] != len(self.domains):
-                raise ValueError(f"{self.name}: {self.images.shape[1]} image domains but {len(self.domains)} names")
+                raise DataError(f"{self.name}: {self.images.shape[1]} image domains but {len(self.domains)} names")
         if self.texts is not None and len(self.texts) != n:
-            raise ValueError(f"{self.name}: {len(self.texts)} texts for {n} labels")
+            raise DataError(f"{self.name}: {len(self.texts)} texts for {n} labels")
         if self.fixed_test is not None and len(self.fixed_test) != n:
-            raise ValueError(f"{self.name}: fixed_test mask has {len(self.fixed_test)} entries for {n} items")
+            raise DataError(f"{self.name}: fixed_test mask has {len(self.fixed_test)} entries for {n} items")
+        labels = np.asarray(self.labels)
+        if self.task == "multiclass":
+            if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= len(self.classes))):
+                raise DataError(f"{self.name}: multiclass labels must be [N] ids in 0..{len(self.classes) - 1}")
+        elif labels.ndim != 2 or labels.shape[1] != len(self.classes):
+            raise DataError(f"{self.name}: multilabel labels must be [N, {len(self.classes)}], got {labels.shape}")
+        elif np.isinf(labels.astype(np.float64)).any():  # NaN is allowed: "unknown" (ignored in loss and metrics)
+            raise DataError(f"{self.name}: infinite multilabel labels")
         for attr, present in (("has_image", self.images is not None), ("has_text", self.texts is not None)):
             mask = getattr(self, attr)
             if mask is None:
                 continue
             if not present:
-                raise ValueError(f"{self.name}: {attr} given but the bundle has no such modality")
+                raise DataError(f"{self.name}: {attr} given but the bundle has no such modality")
             if len(mask) != n:
-                raise ValueError(f"{self.name}: {attr} has {len(mask)} entries for {n} items")
+                raise DataError(f"{self.name}: {attr} has {len(mask)} entries for {n} items")
             setattr(self, attr, np.asarray(mask, dtype=bool))
         if self.clients is not None:
             if len(self.clients) != n:
-                raise ValueError(f"{self.name}: {len(self.clients)} client ids for {n} items")
+                raise DataError(f"{self.name}: {len(self.clients)} client ids for {n} items")
             names = self.client_names or []
             if len(self.clients) and int(np.max(self.clients)) >= len(names):
-                raise ValueError(f"{self.name}: client ids go up to {int(np.max(self.clients))} "
+                raise DataError(f"{self.name}: client ids go up to {int(np.max(self.clients))} "
                                  f"but only {len(names)} client names are given")
 
     def image_mask(self) -> np.ndarray:

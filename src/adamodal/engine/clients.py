@@ -10,7 +10,10 @@ algorithm code, the seeds and the evaluation are identical under both runtimes.
 
 from __future__ import annotations
 
+import os
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +22,7 @@ from tqdm.auto import tqdm
 
 from adamodal.engine.tensors import Tensors
 from adamodal.engine.train import predict
+from adamodal.engine.validate import check_incoming
 from adamodal.methods.base import ClientContext, Message, Method
 from adamodal.metrics import compute_metrics
 
@@ -63,7 +67,9 @@ class ClientEval:
 
 
 def client_step(method: Method, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
-    """Run one phase on one client with the phase's seed set for torch's global generator."""
+    """Run one phase on one client with the phase's seed set for torch's global generator,
+    after checking the server's message (well-formed, finite)."""
+    check_incoming(msg)
     torch.manual_seed(ctx.seed)
     return method.client_step(phase, rnd, ctx, msg)
 
@@ -103,8 +109,26 @@ class Clients(ABC):
         """Inverse of :meth:`state`."""
 
 
+def failure_reason(exc: BaseException) -> str:
+    """``"raised ValueError: message"``, on one line and of bounded length, for the log."""
+    text = " ".join(str(exc).split())
+    return f"raised {type(exc).__name__}: {text[:300]}" if text else f"raised {type(exc).__name__}"
+
+
 class InProcessClients(Clients):
-    """All clients in this process, one after another, one model instance in memory."""
+    """All clients in this process, one after another, one model instance in memory.
+
+    A client whose step raises an exception gives a :class:`ClientFailure` naming it, and its
+    persisted state stays what it was before the step (the step works on a copy of the state
+    dict, committed only on success). ``client_timeout`` (seconds, 0 = none) is enforced by
+    measuring: a reply that took longer is dropped as late, like one a real server stopped
+    waiting for. A thread cannot be killed safely in Python, so a client that never returns
+    still blocks the in-process run; the Flower runtime, where clients are other processes,
+    bounds the wait itself.
+    """
+
+    #: the clock the timeout is measured with (tests substitute a fake one)
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def __init__(self, method: Method, clients: list[ClientData], server_views: dict[int, Tensors],
                  server_tests: dict[str, Tensors], spec, cfg, device: torch.device, *, progress: bool = False) -> None:
@@ -128,9 +152,11 @@ class InProcessClients(Clients):
         size = int(self.cfg["batch_clients"])
         cids = list(messages)
         if size > 1:  # many clients per computation, when the method can (else one by one)
-            for start in range(0, len(cids), size):
-                chunk = cids[start:start + size]
+            for first in range(0, len(cids), size):
+                chunk = cids[first:first + size]
                 ctxs = [self.context(cid, derive_seed(self.cfg["seed"], rnd, cid, p_idx)) for cid in chunk]
+                for cid in chunk:
+                    check_incoming(messages[cid])
                 torch.manual_seed(derive_seed(self.cfg["seed"], rnd, chunk[0], p_idx))
                 out = self.method.client_steps(phase, rnd, ctxs, [messages[cid] for cid in chunk])
                 if out is None:
@@ -140,9 +166,23 @@ class InProcessClients(Clients):
                     self.states[ctx.cid] = ctx.state
         todo = [cid for cid in cids if cid not in replies]
         bar = tqdm(todo, desc=f"round {rnd} {phase}", leave=False, disable=not self.progress, unit="client")
+        timeout = float(self.cfg.get("client_timeout", 0.0) or 0.0)
         for cid in bar:
             ctx = self.context(cid, derive_seed(self.cfg["seed"], rnd, cid, p_idx))
-            replies[cid] = client_step(self.method, phase, rnd, ctx, messages[cid])
+            ctx.state = dict(ctx.state)  # a failed step must not leave half-updated state behind
+            start = self.clock()
+            try:
+                reply = client_step(self.method, phase, rnd, ctx, messages[cid])
+            except Exception as exc:  # noqa: BLE001 - any client error drops only that client
+                if os.environ.get("ADAMODAL_DEBUG"):
+                    raise  # developers see the traceback of a failing client step
+                replies[cid] = ClientFailure(failure_reason(exc))
+                continue
+            took = self.clock() - start
+            if timeout > 0 and took > timeout:
+                replies[cid] = ClientFailure(f"timeout: replied after {took:.1f} s > client_timeout={timeout:g} s")
+                continue
+            replies[cid] = reply
             self.states[cid] = ctx.state
         return {cid: replies[cid] for cid in cids}
 

@@ -38,7 +38,8 @@ from adamodal.engine.clients import (
 )
 from adamodal.engine.tensors import Tensors, materialize
 from adamodal.engine.train import predict
-from adamodal.errors import AdamodalError
+from adamodal.engine.validate import Limits, validate_replies
+from adamodal.errors import AdamodalError, DataError
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ClientInfo, Message, Method
 from adamodal.metrics import METRICS, clean, compute_metrics
@@ -92,7 +93,8 @@ def prepare(cfg: Config, progress: bool = True) -> Experiment:
     for spec in scenario.clients:
         t = {s: materialize(inputs, bundle.labels, spec.splits[s]) for s in ("train", "val", "test")}
         if len(t["train"]) == 0:
-            raise AdamodalError(f"client {spec.cid} has no training samples; lower split.val/split.test")
+            raise DataError(f"client {spec.cid} ({spec.group}) has no training samples; lower split.val/split.test "
+                            "or use fewer clients")
         clients.append(ClientData(spec.cid, spec.group, spec.modalities, t["train"], t["val"], t["test"]))
     test = {cond: materialize(inputs, bundle.labels, view) for cond, view in scenario.test.items()}
     shared: dict[tuple[str, int], Tensors] = {}
@@ -158,19 +160,49 @@ class Simulator:
             messages = method.configure(phase, rnd, cids)
             for cid in cids:
                 st.bytes_down[cid] = st.bytes_down.get(cid, 0) + messages[cid].nbytes()
-            replies: dict[int, Message] = {}
-            for cid, reply in self.clients.step(phase, rnd, p_idx, {cid: messages[cid] for cid in cids}).items():
-                if isinstance(reply, ClientFailure):
-                    st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reply.reason})
-                    continue
-                st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
-                replies[cid] = reply
+            received = self.clients.step(phase, rnd, p_idx, {cid: messages[cid] for cid in cids})
+            replies = self.judge(phase, rnd, messages, received)
+            self.require_quorum(phase, rnd, len(cids), len(replies))
             method.aggregate(phase, rnd, replies)
             st.time_s[phase] = st.time_s.get(phase, 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(self.cfg["seed"], rnd, 10**6))
         method.end_round(rnd)
         st.time_s["server"] = st.time_s.get("server", 0.0) + time.perf_counter() - t0
+
+    def judge(self, phase: str, rnd: int, sent: dict[int, Message],
+              received: dict[int, Message | ClientFailure]) -> dict[int, Message]:
+        """The replies fit to aggregate: failures and invalid payloads are logged in
+        ``dropped`` and left out. Bytes are counted for every payload that arrived."""
+        st = self.state
+        arrived = {}
+        for cid, reply in sorted(received.items()):
+            if isinstance(reply, ClientFailure):
+                st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reply.reason})
+                continue
+            if isinstance(reply, Message):
+                try:
+                    st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
+                except (TypeError, ValueError, AttributeError):
+                    pass  # unmeasurable garbage: validation below rejects it
+            arrived[cid] = reply
+        valid, rejected = validate_replies(self.method, phase, rnd, sent, arrived, Limits.from_config(self.cfg))
+        for cid, reason in sorted(rejected.items()):
+            st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reason})
+        return valid
+
+    def require_quorum(self, phase: str, rnd: int, asked: int, valid: int) -> None:
+        """Stop the run when too few clients replied usably (``min_clients``; a phase that asks
+        fewer clients than that needs all of them). The checkpoint of the previous round stays."""
+        need = min(int(self.cfg["min_clients"]), asked)
+        if valid < need:
+            reasons = [d for d in self.state.dropped if d["round"] == rnd and d["phase"] == phase]
+            detail = "; ".join(f"client {d['client']}: {d['reason']}" for d in reasons[:5])
+            raise AdamodalError(
+                f"round {rnd} ({phase}): only {valid} of {asked} clients gave a usable reply, "
+                f"min_clients={self.cfg['min_clients']} ({detail}); the run stopped after round "
+                f"{self.state.round}, fix the clients and continue with --resume {self.out}"
+            )
 
     # ---- evaluation ------------------------------------------------------------------
     def evaluate(self, rnd: int) -> dict[str, Any]:
@@ -238,11 +270,17 @@ class Simulator:
         path = self.out / CHECKPOINT
         if not path.exists():
             raise AdamodalError(f"{path}: no checkpoint to resume from")
-        payload = torch.load(path, weights_only=False)
-        self.method.init_server()
-        self.method.load_server_state(_as_arrays(payload["server"]))
-        self.state = RunState(**payload["state"])
-        self.clients.load_state(_as_arrays(payload["clients"]))
+        try:
+            # weights_only: a checkpoint is tensors, numbers and strings; a tampered file cannot
+            # run code on load
+            payload = torch.load(path, weights_only=True)
+            self.method.init_server()
+            self.method.load_server_state(_as_arrays(payload["server"]))
+            self.state = RunState(**payload["state"])
+            self.clients.load_state(_as_arrays(payload["clients"]))
+        except Exception as exc:  # noqa: BLE001 - any damage means the file cannot be resumed from
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise AdamodalError(f"{path}: unreadable checkpoint ({reason}); start the run again with --force") from exc
 
     # ---- the whole run ---------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -257,6 +295,7 @@ class Simulator:
         start = time.perf_counter() - self.state.wall_s
         if self.state.round == 0 and not self.state.history:
             self.state.history.append(self.evaluate(0))
+            self.checkpoint()  # a run that stops in round 1 is resumable too
         bar = tqdm(range(self.state.round + 1, rounds + 1), desc=f"{self.cfg['method']}", disable=not self.progress,
                    unit="round", initial=self.state.round, total=rounds)
         for rnd in bar:
@@ -290,6 +329,7 @@ class Simulator:
             "domains": self.exp.scenario.domains,
             "time_s": {k: round(v, 3) for k, v in st.time_s.items()},
             "dropped": st.dropped,
+            "privacy": self.method.privacy_report(st.round),
         })
 
 
@@ -299,7 +339,8 @@ def _as_tensors(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _as_tensors(v) for k, v in tree.items()}
     if isinstance(tree, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(tree))
+        # not np.ascontiguousarray: it turns a 0-d array (a scalar parameter) into shape (1,)
+        return torch.from_numpy(tree if tree.flags.c_contiguous else tree.copy(order="C"))
     return tree
 
 

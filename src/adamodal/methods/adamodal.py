@@ -82,11 +82,13 @@ from adamodal.methods.base import (
     ClientInfo,
     Message,
     Method,
+    aggregate_arrays,
     load_arrays,
     state_arrays,
 )
 from adamodal.metrics import compute_metrics
 from adamodal.model import ModelSpec
+from adamodal.privacy import dp_report
 
 MODALITY_KEYS = {"image": "img", "text": "txt"}
 KNOWLEDGE_KEYS = ("C_img", "C_txt", "pi", "Z_img", "Z_txt", "mean_img", "mean_txt")
@@ -303,9 +305,8 @@ class AdaModalFed(Method):
             have = [(self.round_updates[c][0][key], wi) for c, wi in zip(cids, w, strict=True)
                     if key in self.round_updates[c][0]]
             if have:
-                total = sum(wi for _, wi in have)
-                acc = sum((wi / total) * a.astype(np.float64) for a, wi in have)
-                self.global_params[key] = np.asarray(acc).astype(have[0][0].dtype)
+                self.global_params[key] = aggregate_arrays(
+                    [{key: a} for a, _ in have], [wi for _, wi in have], str(self.cfg.get("aggregation", "mean")))[key]
         self.round_updates = {}
 
     def cluster(self, replies: dict[int, Message], rnd: int) -> dict[str, np.ndarray]:
@@ -348,6 +349,29 @@ class AdaModalFed(Method):
         else:
             z_img, z_txt = img, txt
         return {"Z_img": z_img.float().cpu().numpy(), "Z_txt": z_txt.float().cpu().numpy()}
+
+    def shares_per_sample(self) -> bool:
+        return self.opt["share"] == "embeddings"
+
+    def privacy_report(self, rounds: int) -> dict[str, Any] | None:
+        """Epsilon of the noised summaries: per round a client releases at most ``k_local``
+        centroids per modality, each clipped to ``dp_clip`` and noised with std
+        ``dp_sigma * dp_clip``; a whole client's data moves each of them by at most
+        ``dp_clip``, so the summary's sensitivity is ``dp_clip * sqrt(k_local * modalities)``
+        and the effective noise multiplier ``dp_sigma / sqrt(k_local * modalities)``. The
+        counts and the model updates are not covered (stated in the report)."""
+        sigma = float(self.opt["dp_sigma"])
+        if sigma <= 0:
+            return None
+        if self.opt["share"] != "centroids":
+            return {"mechanism": "gaussian on shared per-sample embeddings", "epsilon": None,
+                    "note": "share=embeddings uploads every row; no client-level bound is reported"}
+        k_total = int(self.opt["k_local"]) * len(self.spec.modalities)
+        return dp_report(
+            "gaussian on clipped summary centroids (client side)", sigma / float(np.sqrt(k_total)),
+            float(self.opt["dp_clip"]), rounds, float(self.cfg.get("dp.delta", 1e-5)), 1.0,
+            covers="summary centroids only; counts and model updates are sent without noise",
+        )
 
     def eval_message(self, cid: int) -> Message:
         return self.broadcast()

@@ -29,6 +29,9 @@ from adamodal.model import ModelSpec, build_model
 
 Scalar = int | float | str | bool
 
+#: robust aggregation rules accepted by :func:`aggregate_arrays` (``trimmed:<beta>`` too)
+AGGREGATIONS: tuple[str, ...] = ("mean", "median", "trimmed:<beta>")
+
 
 @dataclass
 class Message:
@@ -43,6 +46,22 @@ class Message:
         arrays = sum(int(np.asarray(a).nbytes) for a in self.arrays.values())
         scalars = len(json.dumps(self.scalars, sort_keys=True).encode()) if self.scalars else 0
         return arrays + scalars
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What the server expects one reply array to look like (checked before aggregation).
+
+    ``shape`` entries of ``None`` accept any length on that axis (e.g. a number of centroids).
+    """
+
+    shape: tuple[int | None, ...]
+    dtype: str  # numpy dtype string, e.g. "float32"
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> ArraySpec:
+        a = np.asarray(array)
+        return cls(tuple(int(d) for d in a.shape), a.dtype.name)
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,27 @@ class Method(ABC):
     def load_server_state(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027
         """Inverse of :meth:`server_state`."""
 
+    def reply_schema(self, phase: str, rnd: int, cid: int, sent: Message) -> dict[str, ArraySpec] | None:
+        """The arrays a valid reply to ``sent`` holds, exactly (names, shapes, dtypes).
+
+        ``None`` (the default) lets the server derive the expectation (see
+        :mod:`adamodal.engine.validate`): a reply array named like a sent array must match it,
+        and other arrays must agree with the other clients of the phase. Methods that know
+        their replies exactly (FedAvg: the model back) return them here.
+        """
+        return None
+
+    def shares_per_sample(self) -> bool:
+        """True when this configuration sends raw inputs or per-sample tensors off a client by
+        design (``central``; AdaModal-Fed with ``share=embeddings``). The privacy test holds
+        every other method and mode to summaries and parameters only."""
+        return self.moves_raw_data
+
+    def privacy_report(self, rounds: int) -> dict[str, Any] | None:
+        """The differential-privacy guarantee of what this run released, or None when no
+        mechanism is on (written to ``summary.json`` as ``privacy``)."""
+        return None
+
     def eval_message(self, cid: int) -> Message:
         """What the server sends a client so it can evaluate (default: nothing)."""
         return Message()
@@ -209,5 +249,46 @@ def weighted_average(updates: list[dict[str, np.ndarray]], weights: list[float])
         acc = np.zeros(first.shape, dtype=np.float64)
         for u, w in zip(updates, weights, strict=True):
             acc += (w / total) * u[key].astype(np.float64)
+        out[key] = acc.astype(first.dtype) if np.issubdtype(first.dtype, np.floating) else np.rint(acc).astype(first.dtype)
+    return out
+
+
+def parse_aggregation(rule: str) -> tuple[str, float]:
+    """``mean`` | ``median`` | ``trimmed:<beta>`` (0 <= beta < 0.5) -> (kind, beta)."""
+    rule = str(rule).strip()
+    if rule in ("mean", "median"):
+        return rule, 0.0
+    if rule.startswith("trimmed:"):
+        try:
+            beta = float(rule.split(":", 1)[1])
+        except ValueError:
+            beta = -1.0
+        if 0.0 <= beta < 0.5:
+            return "trimmed", beta
+    raise ValueError(f"aggregation must be mean, median or trimmed:<beta> with 0 <= beta < 0.5, got {rule!r}")
+
+
+def aggregate_arrays(updates: list[dict[str, np.ndarray]], weights: list[float],
+                     rule: str = "mean") -> dict[str, np.ndarray]:
+    """Combine client arrays key by key under an aggregation rule.
+
+    ``mean`` is :func:`weighted_average` (FedAvg). ``median`` (coordinate-wise median) and
+    ``trimmed:beta`` (coordinate-wise mean after dropping the ``beta`` fraction of largest and
+    of smallest values, :func:`scipy.stats.trim_mean`) are the robust rules of Yin et al.
+    (2018): one client can move them only as far as the honest clients' spread allows, so a
+    single poisoned update cannot drag the model away. They ignore the weights: a weight is a
+    claim by the client, and a robust rule must not let one client claim to be everybody.
+    """
+    kind, beta = parse_aggregation(rule)
+    if kind == "mean":
+        return weighted_average(updates, weights)
+    if not updates:
+        raise ValueError("nothing to aggregate")
+    from scipy.stats import trim_mean
+
+    out = {}
+    for key, first in updates[0].items():
+        stack = np.stack([np.asarray(u[key], dtype=np.float64) for u in updates])
+        acc = np.median(stack, axis=0) if kind == "median" else trim_mean(stack, beta, axis=0)
         out[key] = acc.astype(first.dtype) if np.issubdtype(first.dtype, np.floating) else np.rint(acc).astype(first.dtype)
     return out

@@ -4,9 +4,18 @@ all parameters weighted by the number of training samples, across ALL clients.
 A missing modality is zero-filled (and masked in the fusion gate), the baseline behaviour of
 multimodal FL benchmarks. Image-only clients return their text projection untouched, which
 dilutes it in the average: that is FedAvg's known weakness with missing modalities.
+
+Options shared with FedProx and FedAvg-group: ``aggregation=median|trimmed:beta`` (robust
+rules, :func:`~adamodal.methods.base.aggregate_arrays`) and client-level differential privacy
+(``dp.noise > 0``; see :mod:`adamodal.privacy`): the client clips its update and, in
+``dp.mode=client``, noises it before it leaves; the server then averages with equal weights
+(sample counts would leak, and would break the sensitivity bound) and, in ``dp.mode=server``,
+adds the noise to the mean.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,13 +24,15 @@ from torch import nn
 from adamodal.engine import batched
 from adamodal.engine.train import ExtraLoss, train_epochs
 from adamodal.methods.base import (
+    ArraySpec,
     ClientContext,
     Message,
     Method,
+    aggregate_arrays,
     load_arrays,
     state_arrays,
-    weighted_average,
 )
+from adamodal.privacy import add_noise, clip_update, dp_report
 
 
 class FedAvg(Method):
@@ -47,7 +58,43 @@ class FedAvg(Method):
             model, ctx.train, ctx.cfg, task=ctx.spec.task, generator=ctx.generator,
             extra_loss=self.extra_loss(msg), device=self.device,
         )
-        return Message(state_arrays(model), {"num_examples": len(ctx.train), "loss": loss})
+        params = state_arrays(model)
+        if self.dp_on:
+            params = self.privatize(params, msg.arrays, np.random.default_rng([ctx.seed, 17]))
+        return Message(params, {"num_examples": len(ctx.train), "loss": loss})
+
+    # ---- differential privacy ---------------------------------------------------------
+    @property
+    def dp_on(self) -> bool:
+        return float(self.cfg.get("dp.noise", 0.0)) > 0
+
+    def privatize(self, params: dict[str, np.ndarray], sent: dict[str, np.ndarray],
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Client side: the update clipped to ``dp.clip`` (and noised in ``dp.mode=client``),
+        re-based on the weights received. Integer buffers (batch counters) go back as they
+        came, since their values would count the client's batches."""
+        clip = float(self.cfg["dp.clip"])
+        delta = {k: v - sent[k] for k, v in params.items() if v.dtype.kind == "f"}
+        delta, _ = clip_update(delta, clip)
+        if self.cfg["dp.mode"] == "client":
+            delta = add_noise(delta, float(self.cfg["dp.noise"]) * clip, rng)
+        return {k: (sent[k] + delta[k]).astype(v.dtype) if k in delta else np.array(sent[k])
+                for k, v in params.items()}
+
+    def privacy_report(self, rounds: int) -> dict[str, Any] | None:
+        if not self.dp_on:
+            return None
+        client = self.cfg["dp.mode"] == "client"
+        return dp_report(
+            "gaussian on each clipped parameter upload (client side)" if client
+            else "gaussian on the mean of clipped parameter uploads (server side, DP-FedAvg)",
+            float(self.cfg["dp.noise"]), float(self.cfg["dp.clip"]), rounds, float(self.cfg["dp.delta"]),
+            1.0 if client else float(self.cfg["participation"]), aggregation=str(self.cfg["aggregation"]),
+        )
+
+    def reply_schema(self, phase: str, rnd: int, cid: int, sent: Message) -> dict[str, ArraySpec] | None:
+        """Exactly the model the client was sent, trained."""
+        return {k: ArraySpec.of(v) for k, v in sent.arrays.items()}
 
     def client_steps(self, phase: str, rnd: int, ctxs: list[ClientContext], msgs: list[Message]) -> list[Message] | None:
         model = self.model()
@@ -59,10 +106,13 @@ class FedAvg(Method):
             model, starts, [c.train for c in ctxs], ctxs[0].cfg, task=ctxs[0].spec.task,
             generators=[c.generator for c in ctxs], penalty=self.param_penalty(),
         )
-        return [
-            Message({k: v.numpy() for k, v in st.items()}, {"num_examples": len(c.train), "loss": loss})
-            for st, c, loss in zip(states, ctxs, losses, strict=True)
-        ]
+        replies = []
+        for st, c, m, loss in zip(states, ctxs, msgs, losses, strict=True):
+            params = {k: v.numpy() for k, v in st.items()}
+            if self.dp_on:
+                params = self.privatize(params, m.arrays, np.random.default_rng([c.seed, 17]))
+            replies.append(Message(params, {"num_examples": len(c.train), "loss": loss}))
+        return replies
 
     def extra_loss(self, msg: Message) -> ExtraLoss | None:
         """Hook for regularised variants (FedProx)."""
@@ -79,10 +129,12 @@ class FedAvg(Method):
         cohorts: dict[str, list[int]] = {}
         for cid in sorted(replies):
             cohorts.setdefault(self.cohort(cid), []).append(cid)
-        for cohort, cids in cohorts.items():
-            averaged = weighted_average(
-                [replies[c].arrays for c in cids], [float(replies[c].scalars["num_examples"]) for c in cids]
-            )
+        for i, (cohort, cids) in enumerate(cohorts.items()):
+            weights = [1.0 if self.dp_on else float(replies[c].scalars["num_examples"]) for c in cids]
+            averaged = aggregate_arrays([replies[c].arrays for c in cids], weights, str(self.cfg["aggregation"]))
+            if self.dp_on and self.cfg["dp.mode"] == "server":
+                std = float(self.cfg["dp.noise"]) * float(self.cfg["dp.clip"]) / len(cids)
+                averaged = add_noise(averaged, std, np.random.default_rng([self.seed, rnd, 29, i]))
             self.set_cohort_params(cohort, averaged)
 
     def set_cohort_params(self, cohort: str, params: dict[str, np.ndarray]) -> None:

@@ -103,7 +103,7 @@ def build_inputs(
         path = feature_cache_path(root, "image", images)
         feats = _load_cached(path, (n * d, IMAGE_DIM))
         if feats is None:
-            feats = _encode_images(images.reshape(n * d, *images.shape[2:]), device, show)
+            feats = _checked(_encode_images(images.reshape(n * d, *images.shape[2:]), device, show), path, "image")
             _save_npy(path, feats)
             feats = _load_cached(path, (n * d, IMAGE_DIM))
             assert feats is not None
@@ -113,7 +113,7 @@ def build_inputs(
         path = feature_cache_path(root, "text", texts)
         feats = _load_cached(path, (len(texts), TEXT_DIM))
         if feats is None:
-            feats = _encode_texts(texts, device, show)
+            feats = _checked(_encode_texts(texts, device, show), path, "text")
             _save_npy(path, feats)
             feats = _load_cached(path, (len(texts), TEXT_DIM))
             assert feats is not None
@@ -145,7 +145,8 @@ def feature_cache_path(root: Path, modality: Literal["image", "text"], data: Any
 
 
 def _load_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """Memory-map cached features, or ``None`` when absent, unreadable or of the wrong shape.
+    """Memory-map cached features, or ``None`` (recompute) when absent, unreadable, truncated,
+    of the wrong shape, or holding a non-finite value.
 
     Copy-on-write mapping gives a writable array (torch warns on read-only ones) whose pages are
     read lazily, so a large feature file costs no RAM until it is used.
@@ -154,11 +155,26 @@ def _load_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
         return None
     try:
         arr = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None
     if arr.shape != shape or arr.dtype != np.float32:
         return None
+    if not _all_finite(arr):
+        return None  # a damaged file (NaN/Inf): recomputed, never trained on
     return arr
+
+
+def _all_finite(arr: np.ndarray, chunk: int = 4096) -> bool:
+    """Chunked, so a memory-mapped file is checked without holding a full copy."""
+    return all(np.isfinite(arr[i:i + chunk]).all() for i in range(0, len(arr), chunk))
+
+
+def _checked(feats: np.ndarray, path: Path, modality: str) -> np.ndarray:
+    """Features fresh from a tower must be finite: NaN here means a broken input or tower."""
+    if not _all_finite(feats):
+        bad = int((~np.isfinite(feats).all(axis=1)).sum())
+        raise DataError(f"{path}: the {modality} tower produced NaN/Inf features for {bad} of {len(feats)} items")
+    return feats
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -1,0 +1,163 @@
+"""What leaves a client: every payload of every method (all of ``method_names()``, so a method
+added later is held to the same rule) is recorded on a tiny run and inspected.
+
+"Per-sample" is defined concretely: an array with an axis as long as the client's number of
+training rows, or an array holding a row equal (to 1e-5 relative) to one of the client's raw
+input rows (image or text features) or its labels. Such payloads are allowed only where the
+method's documented mode says so (:meth:`Method.shares_per_sample`: ``central`` moves raw
+data; AdaModal-Fed with ``share=embeddings``); the detector is shown to fire in both.
+Also: differential privacy's epsilon from the RDP accountant, and DP runs in summary.json.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from adamodal.engine.clients import ClientFailure
+from adamodal.engine.simulator import Simulator
+from adamodal.methods import method_names
+from adamodal.methods.base import Message
+from adamodal.privacy import add_noise, clip_update, gaussian_epsilon
+from tests.conftest import with_config
+
+
+def per_sample_leaks(msg: Message, train) -> list[str]:
+    """Names of the arrays of ``msg`` that are per-sample for a client with ``train`` data."""
+    n = len(train)
+    raw = {}
+    if train.x_img is not None:
+        raw["image"] = train.x_img.numpy().reshape(n, -1)
+    if train.x_txt is not None:
+        raw["text"] = train.x_txt.numpy().reshape(n, -1)
+    leaks = []
+    for key, a in msg.arrays.items():
+        a = np.asarray(a)
+        if n in a.shape:
+            leaks.append(f"{key}: axis of length n_train={n}")
+            continue
+        if a.dtype.kind != "f" or a.ndim == 0:
+            continue
+        for mod, rows in raw.items():
+            f = rows.shape[1]
+            if a.shape[-1] != f:
+                continue
+            cand = a.reshape(-1, f).astype(np.float64)
+            r = rows.astype(np.float64)
+            d2 = (cand**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * cand @ r.T
+            if (d2 <= 1e-10 * np.maximum((r**2).sum(1)[None, :], 1e-12)).any():
+                leaks.append(f"{key}: contains a raw {mod} row")
+    return leaks
+
+
+def record_run(exp, tmp_path):
+    """Run ``exp`` and return every (round, phase, cid, reply) that left a client, plus the sim."""
+    sim = Simulator(exp, tmp_path, progress=False)
+    sent = []
+    step = sim.clients.step
+
+    def recording(phase, rnd, p_idx, messages):
+        replies = step(phase, rnd, p_idx, messages)
+        sent.extend((rnd, phase, cid, r) for cid, r in replies.items() if not isinstance(r, ClientFailure))
+        return replies
+
+    sim.clients.step = recording
+    summary = sim.run()
+    return sent, sim, summary
+
+
+CASES = [(m, {}) for m in method_names()] + [("adamodal", {"adamodal.share": "embeddings"})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "extra"), CASES, ids=[m + ("-embeddings" if e else "") for m, e in CASES])
+def test_no_raw_input_or_per_sample_tensor_leaves_a_client(small_experiment, tmp_path, method, extra):
+    exp = with_config(small_experiment, method=method, rounds=1, local_epochs=1, **{k.replace(".", "__"): v for k, v in extra.items()})
+    sent, sim, summary = record_run(exp, tmp_path)
+    assert summary["dropped"] == []  # server-side validation accepts every honest reply
+    data = {c.cid: c.train for c in exp.clients}
+    leaks = {(rnd, phase, cid): per_sample_leaks(msg, data[cid]) for rnd, phase, cid, msg in sent}
+    leaks = {k: v for k, v in leaks.items() if v}
+    print(f"privacy: {method}{' ' + str(extra) if extra else ''}: {len(sent)} payloads inspected, "
+          f"{sum(len(m.arrays) for *_, m in sent)} arrays, {len(leaks)} per-sample")
+    if sim.method.shares_per_sample():
+        # the documented exception: the detector must see it (so it is not blind)
+        assert leaks, f"{method} {extra} declares per-sample sharing but nothing per-sample was seen"
+    else:
+        assert not leaks, f"{method} sent per-sample data: {leaks}"
+    # every client that took part was inspected, in every phase of the round
+    assert {cid for _, _, cid, _ in sent} <= set(data)
+    if method != "local":
+        assert len({cid for _, _, cid, _ in sent}) == len(data)
+
+
+def test_detector_catches_a_disguised_row(small_experiment):
+    train = small_experiment.clients[0].train
+    row = train.x_txt[3].numpy()
+    padded = np.vstack([np.zeros((2, row.size), np.float32), row[None]])
+    assert per_sample_leaks(Message({"c_txt": padded}), train) == ["c_txt: contains a raw text row"]
+    assert per_sample_leaks(Message({"y": np.zeros(len(train))}), train)
+    assert per_sample_leaks(Message({"c_txt": padded + 0.01}), train) == []
+
+
+# ---- differential privacy -------------------------------------------------------------------
+
+def test_epsilon_from_the_rdp_accountant_behaves():
+    eps = gaussian_epsilon(1.0, 20, 1e-5)
+    assert 10 < eps < 60  # 20 full-participation Gaussian steps at z=1
+    assert gaussian_epsilon(2.0, 20, 1e-5) < eps / 2  # more noise, much less epsilon
+    assert gaussian_epsilon(1.0, 40, 1e-5) > eps  # composition
+    assert gaussian_epsilon(1.0, 20, 1e-5, sample_rate=0.1) < eps / 3  # amplification by sampling
+    assert gaussian_epsilon(0.0, 5, 1e-5) == math.inf and gaussian_epsilon(1.0, 0, 1e-5) == 0.0
+    # a single Gaussian step with z = sqrt(2 ln(1.25/delta)) / eps is (eps, delta)-DP (Dwork-Roth);
+    # the RDP bound is tighter than that classical one
+    z = math.sqrt(2 * math.log(1.25 / 1e-5)) / 1.0
+    assert gaussian_epsilon(z, 1, 1e-5) <= 1.0
+
+
+def test_clip_and_noise_of_an_update():
+    rng = np.random.default_rng(0)
+    up = {"a": np.full((10, 10), 3.0, np.float32), "n": np.array(7)}
+    clipped, norm = clip_update(up, 1.0)
+    assert norm == pytest.approx(30.0)
+    assert np.linalg.norm(clipped["a"]) == pytest.approx(1.0, rel=1e-5) and clipped["n"] == 7
+    small, _ = clip_update({"a": np.full(4, 0.1, np.float32)}, 1.0)
+    np.testing.assert_allclose(small["a"], 0.1)  # within the bound: untouched
+    noisy = add_noise({"a": np.zeros(100_000, np.float32)}, 0.5, rng)
+    assert np.std(noisy["a"]) == pytest.approx(0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("mode", ["client", "server"])
+def test_dp_fedavg_reports_epsilon_and_clips_uploads(small_experiment, tmp_path, mode):
+    exp = with_config(small_experiment, method="fedavg", rounds=1, **{"dp__noise": 1.0, "dp__clip": 0.5, "dp__mode": mode})
+    sent, sim, summary = record_run(exp, tmp_path)
+    p = summary["privacy"]
+    assert p["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 1, 1e-5), rel=1e-3)
+    assert p["noise_multiplier"] == 1.0 and p["clip"] == 0.5 and p["steps"] == 1
+    initial = sim.method.initial_params()
+    for _, _, _, msg in sent:
+        delta = np.sqrt(sum(float(np.sum((msg.arrays[k].astype(np.float64) - v) ** 2))
+                            for k, v in initial.items() if v.dtype.kind == "f"))
+        n_float = sum(v.size for v in initial.values() if v.dtype.kind == "f")
+        if mode == "server":
+            assert delta <= 0.5 + 1e-3  # clipped, not noised, on the client
+        else:
+            assert delta == pytest.approx(0.5 * math.sqrt(n_float), rel=0.05)  # noise dominates
+
+
+def test_no_dp_no_privacy_entry(small_experiment, tmp_path):
+    exp = with_config(small_experiment, method="local", rounds=1, local_epochs=1)
+    assert Simulator(exp, tmp_path, progress=False).run()["privacy"] is None
+
+
+def test_adamodal_summaries_report_epsilon(small_experiment):
+    from adamodal.methods import get_method_class
+
+    exp = with_config(small_experiment, method="adamodal", **{"adamodal__dp_sigma": 4.0})
+    m = get_method_class("adamodal")(exp.cfg, exp.spec, exp.infos())
+    rep = m.privacy_report(10)
+    k_total = 8 * 2  # k_local centroids per modality, two modalities
+    assert rep["epsilon"] == pytest.approx(gaussian_epsilon(4.0 / math.sqrt(k_total), 10, 1e-5), rel=1e-3)
+    assert "counts" in rep["covers"]
