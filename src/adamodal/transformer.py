@@ -3,11 +3,11 @@ modalities, so an image block and a text block have weights of the same shapes.
 
 ::
 
-    image -> patch embedding  -> blocks.image (L x [attn, mlp]) -> norm.image -> cls feature
-    text  -> token embedding  -> blocks.text  (L x [attn, mlp]) -> norm.text  -> cls feature
+    image -> patch embedding  -> blocks.image (L x [attn, mlp]) -> norm.image -> mean of tokens
+    text  -> token embedding  -> blocks.text  (L x [attn, mlp]) -> norm.text  -> mean of tokens
 
 Task heads pick the task by which modalities a row has: ``heads.image`` for image-only rows,
-``heads.text`` for text-only rows, ``heads.both`` (on the mean of the two cls features) for
+``heads.text`` for text-only rows, ``heads.both`` (on the mean of the two features) for
 paired rows, and ``pair.image`` / ``pair.text`` map paired rows into a retrieval space.
 Because image-only rows and text-only rows are different clients' data sets, these heads are
 the per-data-set heads of the seed.
@@ -176,11 +176,17 @@ class CoLaNet(nn.Module):
                 self.pair[m] = nn.Linear(w, spec.proj_dim)
 
     def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """The class-token feature ``[B, width]`` of one modality's inputs."""
+        """The feature ``[B, width]`` of one modality's inputs: the mean of its output tokens
+        (class token included, padding excluded). Mean pooling learns much faster from scratch
+        on small data than the class token alone, which matters for a few-round federation."""
         h, keep = self.embed[modality](x)
         for block in self.blocks[modality]:
             h = block(h, keep)
-        return self.norm[modality](h[:, 0])
+        h = self.norm[modality](h)
+        if keep is None:
+            return h.mean(dim=1)
+        w = keep.unsqueeze(-1).to(h.dtype)
+        return (h * w).sum(dim=1) / w.sum(dim=1)
 
     def pair_embeddings(self, x_img: torch.Tensor, x_txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm retrieval embeddings of paired rows (image, text)."""

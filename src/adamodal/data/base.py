@@ -17,6 +17,8 @@ import numpy as np
 Modality = Literal["image", "text"]
 Task = Literal["multiclass", "multilabel"]
 MODALITIES: tuple[Modality, ...] = ("image", "text")
+#: the kinds of client, by the modalities they hold
+CLIENT_GROUPS: tuple[str, ...] = ("multimodal", "image_only", "text_only")
 
 
 @dataclass
@@ -38,6 +40,12 @@ class Bundle:
         fixed_test: optional ``[N]`` bool mask of items forming a predefined global test set
             (e.g. Fashion-MNIST's official test split); ``None`` lets the scenario hold one out.
         meta: free-form facts printed by ``adamodal data info`` (source package, version...).
+        client_group: optional ``[N]`` str, the kind of client that may hold each item
+            (``multimodal``, ``image_only`` or ``text_only``), for data sets that join
+            sources of different modalities (``mix``: Fashion-MNIST only on image-only
+            clients, ...). ``None`` lets any client hold any item. With it, the scenario
+            partitions each kind's items among that kind's clients only, and the server's
+            test condition of a kind (``both``/``image``/``text``) holds that kind's items.
     """
 
     name: str
@@ -50,6 +58,7 @@ class Bundle:
     texts: list[str] | None = None
     fixed_test: np.ndarray | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    client_group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -64,6 +73,12 @@ class Bundle:
             raise ValueError(f"{self.name}: {len(self.texts)} texts for {n} labels")
         if self.fixed_test is not None and len(self.fixed_test) != n:
             raise ValueError(f"{self.name}: fixed_test mask has {len(self.fixed_test)} entries for {n} items")
+        if self.client_group is not None:
+            if len(self.client_group) != n:
+                raise ValueError(f"{self.name}: client_group has {len(self.client_group)} entries for {n} items")
+            bad = sorted(set(np.unique(self.client_group).tolist()) - set(CLIENT_GROUPS))
+            if bad:
+                raise ValueError(f"{self.name}: client_group values {bad} are not among {', '.join(CLIENT_GROUPS)}")
 
     @property
     def modalities(self) -> tuple[Modality, ...]:

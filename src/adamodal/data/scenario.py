@@ -67,6 +67,9 @@ class Scenario:
         """The server's test set through one client's eyes: its modalities and image domain,
         at most ``max_rows`` rows (a fixed random subset) so per-client evaluation stays cheap."""
         cond = {"multimodal": "both", "image_only": "image", "text_only": "text"}[client.group]
+        if cond not in self.test:  # a data set whose test split has nothing for this kind
+            empty = np.zeros(0, np.int64)
+            return View(empty, empty.copy(), np.zeros(0, bool), np.zeros(0, bool))
         view = self.test[cond]
         keep = np.ones(len(view), bool)
         if "image" in client.modalities:
@@ -146,25 +149,41 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     if len(pool_groups) == 0:
         raise DataError(f"dataset {bundle.name}: no items left for the clients after the global test split")
 
-    # 2. partition groups among clients
-    parts = partition_groups(
-        _group_labels(bundle, pool_groups), num_clients, str(cfg["partition"]),
-        alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
-    )
+    # 2. partition groups among clients (each kind of client over its own items, if the
+    #    bundle says which kind may hold which item)
+    def partition(pool: np.ndarray, n_clients: int) -> list[np.ndarray]:
+        parts = partition_groups(
+            _group_labels(bundle, pool), n_clients, str(cfg["partition"]),
+            alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
+        )
+        return [pool[p] for p in parts]
+
+    if bundle.client_group is None:
+        client_groups = partition(pool_groups, num_clients)
+    else:
+        kind = _group_kind(bundle, pool_groups)
+        client_groups = []
+        for g in GROUPS:
+            if counts[g] == 0:
+                continue
+            mine = pool_groups[kind == g]
+            if len(mine) == 0:
+                raise DataError(f"dataset {bundle.name} has no items for {g} clients; set clients.{g}=0")
+            client_groups += partition(mine, counts[g])
     group_names = [g for g in GROUPS for _ in range(counts[g])]
     n_dom = len(bundle.domains)
     p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
 
     clients: list[ClientSpec] = []
-    for cid, (rows, group) in enumerate(zip(parts, group_names, strict=True)):
-        if len(rows) == 0:
+    for cid, (mine, group) in enumerate(zip(client_groups, group_names, strict=True)):
+        if len(mine) == 0:
             raise DataError(
                 f"client {cid} was left with no samples (partition={cfg['partition']}); "
                 "use fewer clients, a larger partition.alpha or partition=iid"
             )
         crng = np.random.default_rng([seed, 11, cid])
         spec = ClientSpec(cid=cid, group=group, domain=cid % n_dom)
-        split_groups = _split_groups(pool_groups[rows], float(cfg["split.val"]), float(cfg["split.test"]), crng)
+        split_groups = _split_groups(mine, float(cfg["split.val"]), float(cfg["split.test"]), crng)
         for split in SPLITS:
             items = _items_of(bundle.groups, split_groups[split])
             n = len(items)
@@ -185,14 +204,38 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
 
     # 3. global test views: every (item, domain) pair for image conditions, each item once for text
     test: dict[str, View] = {}
-    n_t = len(test_items)
+    cond_kind = {"both": "multimodal", "image": "image_only", "text": "text_only"}
+
+    def items_for(cond: str) -> np.ndarray:
+        if bundle.client_group is None:
+            return test_items
+        return test_items[bundle.client_group[test_items] == cond_kind[cond]]
+
+    def image_view(cond: str, with_text: bool) -> None:
+        items = items_for(cond)
+        if bundle.client_group is not None and len(items) == 0:
+            return
+        rep_idx = np.repeat(items, n_dom)
+        rep_dom = np.tile(np.arange(n_dom), len(items))
+        test[cond] = View(rep_idx, rep_dom, np.ones(len(rep_idx), bool), np.full(len(rep_idx), with_text))
+
     if "image" in mods:
-        rep_idx = np.repeat(test_items, n_dom)
-        rep_dom = np.tile(np.arange(n_dom), n_t)
-        ones, zeros = np.ones(len(rep_idx), bool), np.zeros(len(rep_idx), bool)
         if "text" in mods:
-            test["both"] = View(rep_idx, rep_dom, ones, ones.copy())
-        test["image"] = View(rep_idx, rep_dom, ones.copy(), zeros)
+            image_view("both", True)
+        image_view("image", False)
     if "text" in mods:
-        test["text"] = View(test_items, np.zeros(n_t, np.int64), np.zeros(n_t, bool), np.ones(n_t, bool))
+        items = items_for("text")
+        if bundle.client_group is None or len(items):
+            n_t = len(items)
+            test["text"] = View(items, np.zeros(n_t, np.int64), np.zeros(n_t, bool), np.ones(n_t, bool))
     return Scenario(clients=clients, test=test, domains=list(bundle.domains))
+
+
+def _group_kind(bundle: Bundle, groups: np.ndarray) -> np.ndarray:
+    """The kind of client that may hold each identity group; its items must all agree."""
+    assert bundle.client_group is not None
+    kinds: dict[int, str] = {}
+    for g, k in zip(bundle.groups.tolist(), bundle.client_group.tolist(), strict=True):
+        if kinds.setdefault(int(g), str(k)) != str(k):
+            raise DataError(f"dataset {bundle.name}: identity group {g} has items for {kinds[int(g)]} and {k} clients")
+    return np.array([kinds[int(g)] for g in groups], dtype=object)
