@@ -255,8 +255,9 @@ class RoutedNet(nn.Module):
         out = torch.zeros(len(m_img), self.num_classes, device=m_img.device)
         for group, sel in rows.items():
             if bool(sel.any()):
-                sub = lambda t: None if t is None else t[sel]  # noqa: E731
-                out[sel] = self._net(group)(sub(x_img), sub(x_txt), m_img[sel], m_txt[sel]).float()
+                xi = None if x_img is None else x_img[sel]
+                xt = None if x_txt is None else x_txt[sel]
+                out[sel] = self._net(group)(xi, xt, m_img[sel], m_txt[sel]).float()
         return out
 
 

@@ -203,3 +203,14 @@ def test_two_round_run_learns_above_chance(mix_experiment, tmp_path):
     assert groups["image_only"]["accuracy"] > 0.25
     assert groups["text_only"]["accuracy"] > 0.2
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_fedprox_variant_stays_closer_to_the_global_model(mix_experiment):
+    cid = _cid(mix_experiment, "image_only")
+    drift = {}
+    for variant in ("fedavg", "fedprox"):
+        m = _method(mix_experiment, **{"fedcola.variant": variant, "fedcola.mu": 10.0, "local_epochs": 1})
+        msg = m.configure("train", 1, [cid])[cid]
+        reply = m.client_step("train", 1, _ctx(mix_experiment, m, cid), msg)
+        drift[variant] = sum(float(((reply.arrays[k] - msg.arrays[k]) ** 2).sum()) for k in reply.arrays)
+    assert drift["fedprox"] < 0.8 * drift["fedavg"], drift

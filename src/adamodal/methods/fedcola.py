@@ -45,7 +45,14 @@ from torch.func import functional_call
 
 from adamodal.engine.train import make_optimizer, task_loss
 from adamodal.errors import ConfigError
-from adamodal.methods.base import ClientContext, ClientInfo, Message, Method, load_arrays, state_arrays
+from adamodal.methods.base import (
+    ClientContext,
+    ClientInfo,
+    Message,
+    Method,
+    load_arrays,
+    state_arrays,
+)
 from adamodal.model import ModelSpec
 from adamodal.transformer import (
     BLOCK_LINEARS,
