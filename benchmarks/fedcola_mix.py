@@ -2,12 +2,12 @@
 image-only clients (Fashion-MNIST), text-only clients (Reuters-8 by default, or 20 Newsgroups),
 multimodal clients (emoji, one vendor), Dirichlet 0.5, participation 0.25.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/fedcola_mix.py [--rounds 10] [--seeds 0] [--out runs/bench-fedcola]
+    PYTHONPATH=src .venv/bin/python benchmarks/fedcola_mix.py [--rounds 10] [--seeds 0] [--out runs/bench-fedcola] [--ablation]
 
 Reported per method, each from the server's model of that data set on the server's test set:
 image accuracy (Fashion-MNIST, argmax over its 10 classes), text accuracy (argmax over the
 corpus' classes), and emoji image<->text retrieval R@1 (image->text + text->image, in %, as in
-the seed). Writes OUT/results.md and OUT/results.json.
+the seed; R@10 too), every test pair against every other. Writes OUT/results.md and OUT/results.json.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ VARIANTS = {
     "fedprox": {"fedcola.variant": "fedprox"},
     "fedcola": {"fedcola.variant": "fedcola"},
 }
+#: FedCola with one part switched off at a time (``--ablation``; the full method is the main table's row)
+ABLATION = {
+    "no complementary": {"fedcola.variant": "fedcola", "fedcola.complementary": "false"},
+    "aux attention only": {"fedcola.variant": "fedcola", "fedcola.aux_layers": "attn"},
+    "no compensation": {"fedcola.variant": "fedcola", "fedcola.compensation": "false"},
+    "no collaboration": {"fedcola.variant": "fedcola", "fedcola.collaborative": "false"},
+}
 #: the scaled-down setting (seed: 12 image / 12 text / 8 multimodal clients, ViT-S, 30 rounds x 5 epochs)
 SETTING: dict[str, Any] = {
     "dataset": "mix", "method": "fedcola", "towers": "small", "device": "cpu", "threads": 1,
@@ -51,35 +58,39 @@ def masked_accuracy(model: torch.nn.Module, data, task: str, lo: int, hi: int) -
 
 
 @torch.inference_mode()
-def retrieval_r1(net, data) -> tuple[float, float]:
-    """Recall@1 image->text and text->image over paired rows (row i's partner is row i)."""
+def retrieval_recall(net, data, k: int = 1) -> tuple[float, float]:
+    """Recall@k image->text and text->image over paired rows (row i's partner is row i)."""
     net.eval()
     zi, zt = net.pair_embeddings(data.x_img, data.x_txt)
     sim = (zi @ zt.t()).numpy()
     target = np.arange(len(sim))
-    return float(np.mean(sim.argmax(axis=1) == target)), float(np.mean(sim.argmax(axis=0) == target))
+    # rank of the true partner among all candidates (0 = first)
+    i2t = (sim > sim[target, target][:, None]).sum(axis=1)
+    t2i = (sim > sim[target, target][None, :]).sum(axis=0)
+    return float(np.mean(i2t < k)), float(np.mean(t2i < k))
 
 
-def run(rounds: int, seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+def run(rounds: int, seed: int, out: Path, extra: dict[str, Any], variants: dict[str, dict[str, str]]) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     base = resolve({}, {**SETTING, "rounds": rounds, "eval.every": rounds, "seed": seed, **extra})
     exp = prepare(base, progress=False)
     ranges = label_ranges(exp.bundle)
     text_src = str(base["mix.text"])
     rows = {}
-    for name, over in VARIANTS.items():
+    for name, over in variants.items():
         cfg = resolve({}, {**SETTING, "rounds": rounds, "eval.every": rounds, "seed": seed, **extra, **over})
-        sim = Simulator(dataclasses.replace(exp, cfg=cfg), out / f"{name}-s{seed}", progress=False)
+        sim = Simulator(dataclasses.replace(exp, cfg=cfg), out / f"{name.replace(' ', '_')}-s{seed}", progress=False)
         t0 = time.perf_counter()
         summary = sim.run()
         wall = time.perf_counter() - t0
         m = sim.method
         task = exp.spec.task
-        i2t, t2i = retrieval_r1(m.group_model("multimodal"), exp.test["both"])
+        i2t, t2i = retrieval_recall(m.group_model("multimodal"), exp.test["both"], 1)
+        i2t10, t2i10 = retrieval_recall(m.group_model("multimodal"), exp.test["both"], 10)
         rows[name] = {
             "image_acc": masked_accuracy(m.group_model("image_only"), exp.test["image"], task, *ranges["fmnist"]),
             "text_acc": masked_accuracy(m.group_model("text_only"), exp.test["text"], task, *ranges[text_src]),
             "emoji_acc": masked_accuracy(m.group_model("multimodal"), exp.test["both"], task, *ranges["emoji"]),
-            "r1_i2t": 100 * i2t, "r1_t2i": 100 * t2i, "r1_sum": 100 * (i2t + t2i),
+            "r1_i2t": 100 * i2t, "r1_t2i": 100 * t2i, "r1_sum": 100 * (i2t + t2i), "r10_sum": 100 * (i2t10 + t2i10),
             "mb_up_per_round": summary["bytes_up_per_round"] / 1e6, "wall_s": wall,
         }
         print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[name].items()), flush=True)
@@ -89,15 +100,16 @@ def run(rounds: int, seed: int, out: Path, extra: dict[str, Any]) -> tuple[dict[
 
 
 def table(results: dict[int, dict[str, dict[str, float]]], n_test: dict[str, int]) -> str:
+    names = list(next(iter(results.values())))
     cols = [("image_acc", "image acc (FMNIST)"), ("text_acc", "text acc"), ("emoji_acc", "emoji category acc"),
-            ("r1_i2t", "R@1 i->t"), ("r1_t2i", "R@1 t->i"), ("r1_sum", "R@1 sum"),
+            ("r1_i2t", "R@1 i->t"), ("r1_t2i", "R@1 t->i"), ("r1_sum", "R@1 sum"), ("r10_sum", "R@10 sum"),
             ("mb_up_per_round", "MB up/round"), ("wall_s", "wall s")]
     lines = ["| method | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name in VARIANTS:
+    for name in names:
         cells = []
         for key, _ in cols:
             vals = np.array([results[s][name][key] for s in results])
-            fmt = "{:.1f}" if key in ("r1_i2t", "r1_t2i", "r1_sum", "wall_s") else "{:.3f}" if "acc" in key else "{:.2f}"
+            fmt = "{:.1f}" if key in ("r1_i2t", "r1_t2i", "r1_sum", "r10_sum", "wall_s") else "{:.3f}" if "acc" in key else "{:.2f}"
             cell = fmt.format(vals.mean())
             if len(vals) > 1:
                 cell += " ± " + fmt.format(vals.std())
@@ -115,12 +127,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench-fedcola"))
     p.add_argument("--set", dest="assignments", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. mix.text=newsgroups")
+    p.add_argument("--ablation", action="store_true", help="FedCola with each part off instead of the baselines")
     args = p.parse_args()
     extra = dict(a.split("=", 1) for a in args.assignments)
     args.out.mkdir(parents=True, exist_ok=True)
     results, n_test = {}, {}
     for s in args.seeds.split(","):
-        results[int(s)], n_test = run(args.rounds, int(s), args.out, extra)
+        results[int(s)], n_test = run(args.rounds, int(s), args.out, extra, ABLATION if args.ablation else VARIANTS)
     md = table(results, n_test)
     (args.out / "results.md").write_text(md + "\n")
     (args.out / "results.json").write_text(json.dumps({"setting": {**SETTING, **extra, "rounds": args.rounds},
