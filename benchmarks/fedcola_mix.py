@@ -91,7 +91,8 @@ def run(rounds: int, seed: int, out: Path, extra: dict[str, Any], variants: dict
             "text_acc": masked_accuracy(m.group_model("text_only"), exp.test["text"], task, *ranges[text_src]),
             "emoji_acc": masked_accuracy(m.group_model("multimodal"), exp.test["both"], task, *ranges["emoji"]),
             "r1_i2t": 100 * i2t, "r1_t2i": 100 * t2i, "r1_sum": 100 * (i2t + t2i), "r10_sum": 100 * (i2t10 + t2i10),
-            "mb_up_per_round": summary["bytes_up_per_round"] / 1e6, "wall_s": wall,
+            "mb_up_per_round": summary["bytes_up_per_round"] / 1e6,
+            "mb_down_per_round": summary["bytes_down_per_round"] / 1e6, "wall_s": wall,
         }
         print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[name].items()), flush=True)
     n_test = {"FMNIST images": len(exp.test["image"]), f"{text_src} texts": len(exp.test["text"]),
@@ -103,7 +104,7 @@ def table(results: dict[int, dict[str, dict[str, float]]], n_test: dict[str, int
     names = list(next(iter(results.values())))
     cols = [("image_acc", "image acc (FMNIST)"), ("text_acc", "text acc"), ("emoji_acc", "emoji category acc"),
             ("r1_i2t", "R@1 i->t"), ("r1_t2i", "R@1 t->i"), ("r1_sum", "R@1 sum"), ("r10_sum", "R@10 sum"),
-            ("mb_up_per_round", "MB up/round"), ("wall_s", "wall s")]
+            ("mb_up_per_round", "MB up/round"), ("mb_down_per_round", "MB down/round"), ("wall_s", "wall s")]
     lines = ["| method | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in names:
         cells = []

@@ -152,7 +152,7 @@ class MixSource(DatasetSource):
         bundle.meta = {
             "sources": f"fmnist, {text_name}, emoji ({vendor})",
             "label_ranges": ", ".join(f"{k} {lo}-{hi - 1}" for k, (lo, hi) in ranges.items()),
-            "items": {k: int(np.sum(np.array(kinds) == v)) for k, v in KINDS.items()},
+            "items": {(text_name if k == "text" else k): int(np.sum(np.array(kinds) == v)) for k, v in KINDS.items()},
             "image_size": f"{size}x{size} RGB",
             "subset": f"at most {max_train} train / {max_test} test items per source (seed 0)",
         }
