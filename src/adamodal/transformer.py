@@ -54,6 +54,8 @@ class TransformerSpec:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if min(self.width, self.heads, self.proj_dim) < 1 or self.patch < 0:
+            raise ConfigError("fedcola.width, fedcola.heads and fedcola.proj_dim must be >= 1, fedcola.patch >= 0")
         if self.width % self.heads:
             raise ConfigError(f"fedcola.width ({self.width}) must be a multiple of fedcola.heads ({self.heads})")
         if self.vocab < 2 or self.max_tokens < 1 or self.depth < 1:

@@ -189,6 +189,8 @@ def test_needs_small_towers(mix_experiment):
     spec = dataclasses.replace(mix_experiment.spec, input_kind="features")
     with pytest.raises(ConfigError, match="towers=small"):
         FedCola(resolve({}, TINY), spec, mix_experiment.infos())
+    with pytest.raises(ConfigError, match="fedcola.heads"):
+        FedCola(resolve({}, {**TINY, "fedcola.heads": 0}), mix_experiment.spec, mix_experiment.infos())
     with pytest.raises(ConfigError, match="fedcola.variant"):
         FedCola(resolve({}, {**TINY, "fedcola.variant": "nope"}), mix_experiment.spec, mix_experiment.infos())
 
