@@ -396,3 +396,36 @@ def test_bundle_rejects_bad_masks() -> None:
     with pytest.raises(DataError, match="client ids go up to 1 but only 1 client names"):
         Bundle(name="x", task="multiclass", classes=["a"], labels=np.zeros(2, np.int64), groups=np.arange(2),
                texts=["a", "b"], clients=np.array([0, 1]), client_names=["only"])
+
+
+def test_client_group_hook_partitions_each_kind_over_its_items():
+    bundle = make_bundle(300, n_domains=1)
+    kinds = np.array(["multimodal", "image_only", "text_only"], dtype=object)[bundle.groups % 3]
+    bundle.client_group = kinds
+    sc = build_scenario(bundle, cfg_for(partition="dirichlet"))
+    for c in sc.clients:
+        for view in c.splits.values():
+            assert set(kinds[view.idx]) <= {c.group}
+        assert set(kinds[c.splits["train"].idx]) == {c.group}
+    assert set(kinds[sc.test["both"].idx]) == {"multimodal"}
+    assert set(kinds[sc.test["image"].idx]) == {"image_only"}
+    assert set(kinds[sc.test["text"].idx]) == {"text_only"}
+    # without the hook every kind of client draws from every item
+    plain = build_scenario(make_bundle(300, n_domains=1), cfg_for(partition="dirichlet"))
+    assert any(len(set(kinds[v.idx])) > 1 for c in plain.clients for v in c.splits.values())
+
+
+def test_client_group_hook_errors_name_the_problem():
+    bundle = make_bundle(120, n_domains=1)
+    bundle.client_group = np.array(["multimodal"] * len(bundle), dtype=object)
+    with pytest.raises(DataError, match="no items for image_only clients"):
+        build_scenario(bundle, cfg_for())
+    kinds = np.array(["multimodal"] * len(bundle), dtype=object)
+    shared = np.flatnonzero(np.bincount(bundle.groups) > 1)[0]  # a group of several items
+    kinds[np.flatnonzero(bundle.groups == shared)[0]] = "image_only"
+    bundle.client_group = kinds
+    with pytest.raises(DataError, match="identity group"):
+        build_scenario(bundle, cfg_for(**{"clients.image_only": 0, "clients.text_only": 0}))
+    with pytest.raises(DataError, match="client_group values"):
+        Bundle(name="x", task="multiclass", classes=["a"], labels=np.zeros(2, np.int64),
+               groups=np.arange(2), texts=["a", "b"], client_group=np.array(["everyone", "x"]))

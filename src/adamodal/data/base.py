@@ -19,6 +19,8 @@ from adamodal.errors import DataError
 Modality = Literal["image", "text"]
 Task = Literal["multiclass", "multilabel"]
 MODALITIES: tuple[Modality, ...] = ("image", "text")
+#: the kinds of client, by the modalities they hold
+CLIENT_GROUPS: tuple[str, ...] = ("multimodal", "image_only", "text_only")
 
 
 @dataclass
@@ -52,6 +54,12 @@ class Bundle:
 
     Multi-label ``labels`` may hold NaN where a finding's value is unknown (the ``ignore``
     policy for uncertain CheXpert labels); losses and metrics skip those entries.
+        client_group: optional ``[N]`` str, the kind of client that may hold each item
+            (``multimodal``, ``image_only`` or ``text_only``), for data sets that join
+            sources of different modalities (``mix``: Fashion-MNIST only on image-only
+            clients, ...). ``None`` lets any client hold any item. With it, the scenario
+            partitions each kind's items among that kind's clients only, and the server's
+            test condition of a kind (``both``/``image``/``text``) holds that kind's items.
     """
 
     name: str
@@ -68,6 +76,7 @@ class Bundle:
     has_text: np.ndarray | None = None
     clients: np.ndarray | None = None
     client_names: list[str] | None = None
+    client_group: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         """Inconsistent arrays are a data problem: one DataError naming the data set."""
@@ -111,6 +120,13 @@ class Bundle:
             if len(self.clients) and int(np.max(self.clients)) >= len(names):
                 raise DataError(f"{self.name}: client ids go up to {int(np.max(self.clients))} "
                                  f"but only {len(names)} client names are given")
+
+        if self.client_group is not None:
+            if len(self.client_group) != n:
+                raise DataError(f"{self.name}: client_group has {len(self.client_group)} entries for {n} items")
+            bad = sorted(set(np.unique(self.client_group).tolist()) - set(CLIENT_GROUPS))
+            if bad:
+                raise DataError(f"{self.name}: client_group values {bad} are not among {', '.join(CLIENT_GROUPS)}")
 
     def image_mask(self) -> np.ndarray:
         """``[N]`` bool: items with a real image (all False for a text-only data set)."""

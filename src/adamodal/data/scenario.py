@@ -148,23 +148,33 @@ def _drop_modalities(view: View, p_img: float, p_txt: float, rng: np.random.Gene
 
 def _test_views(bundle: Bundle, test_items: np.ndarray) -> dict[str, View]:
     """Every (item, domain) pair for image conditions, each item once for text; each condition
-    keeps only the items that have what it shows."""
+    keeps only the items that have what it shows (and, with ``client_group``, only its kind's)."""
     test: dict[str, View] = {}
     mods = bundle.modalities
     n_dom = len(bundle.domains)
     img_ok, txt_ok = bundle.image_mask(), bundle.text_mask()
+    kind_of = {"both": "multimodal", "image": "image_only", "text": "text_only"}
+
+    def of_kind(cond: str, items: np.ndarray) -> np.ndarray:
+        """With ``client_group``, a condition shows only the items of its kind of client."""
+        return items if bundle.client_group is None else items[bundle.client_group[items] == kind_of[cond]]
+
     if "image" in mods:
         for cond, need_txt in (("both", True), ("image", False)):
             if cond == "both" and "text" not in mods:
                 continue
-            items = test_items[img_ok[test_items] & (txt_ok[test_items] if need_txt else True)]
+            items = of_kind(cond, test_items[img_ok[test_items] & (txt_ok[test_items] if need_txt else True)])
+            if bundle.client_group is not None and len(items) == 0:
+                continue
             rep_idx = np.repeat(items, n_dom)
             rep_dom = np.tile(np.arange(n_dom), len(items))
             ones = np.ones(len(rep_idx), bool)
             test[cond] = View(rep_idx, rep_dom, ones, ones.copy() if need_txt else ~ones)
     if "text" in mods:
-        items = test_items[txt_ok[test_items]]
+        items = of_kind("text", test_items[txt_ok[test_items]])
         n_t = len(items)
+        if bundle.client_group is not None and n_t == 0:
+            return test
         test["text"] = View(items, np.zeros(n_t, np.int64), np.zeros(n_t, bool), np.ones(n_t, bool))
     return test
 
@@ -234,11 +244,24 @@ def _predefined_scenario(bundle: Bundle, cfg: dict) -> Scenario:
 def _route(bundle: Bundle, pool_groups: np.ndarray, group_names: list[str]) -> list[tuple[np.ndarray, list[int]]]:
     """Which clients share which groups: ``[(indices into pool_groups, client ids)]``.
 
-    Groups whose items all lack the image (e.g. an added report collection) go to the
+    A bundle with ``client_group`` says it outright: each kind of client shares that kind's
+    groups. Otherwise groups whose items all lack the image (e.g. an added report collection) go to the
     text-only clients, groups that all lack the text to the image-only clients, when there are
     such clients; everything else is partitioned among the remaining clients. A bundle where
     every item has every modality gives one pool holding all clients (the plain partition).
     """
+    if bundle.client_group is not None:  # the data says which kind of client holds what
+        kind = _group_kind(bundle, pool_groups)
+        pools_by_kind = []
+        for g in GROUPS:
+            cids = [i for i, name in enumerate(group_names) if name == g]
+            if not cids:
+                continue
+            mine = np.flatnonzero(kind == g)
+            if len(mine) == 0:
+                raise DataError(f"dataset {bundle.name} has no items for {g} clients; set clients.{g}=0")
+            pools_by_kind.append((mine, cids))
+        return pools_by_kind
     everyone = [(np.arange(len(pool_groups)), list(range(len(group_names))))]
     if bundle.images is None or bundle.texts is None or (bundle.has_image is None and bundle.has_text is None):
         return everyone
@@ -338,3 +361,13 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
 
     # 3. global test views: every (item, domain) pair for image conditions, each item once for text
     return Scenario(clients=clients, test=_test_views(bundle, test_items), domains=list(bundle.domains))
+
+
+def _group_kind(bundle: Bundle, groups: np.ndarray) -> np.ndarray:
+    """The kind of client that may hold each identity group; its items must all agree."""
+    assert bundle.client_group is not None
+    kinds: dict[int, str] = {}
+    for g, k in zip(bundle.groups.tolist(), bundle.client_group.tolist(), strict=True):
+        if kinds.setdefault(int(g), str(k)) != str(k):
+            raise DataError(f"dataset {bundle.name}: identity group {g} has items for {kinds[int(g)]} and {k} clients")
+    return np.array([kinds[int(g)] for g in groups], dtype=object)
