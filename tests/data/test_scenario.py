@@ -319,3 +319,37 @@ def test_emoji_default_scenario(emoji: Bundle) -> None:
     test_groups = groups_of(emoji, sc.test["both"])
     assert test_groups and not (test_groups & set(seen))
     assert len(seen) + len(test_groups) == len(np.unique(emoji.groups))
+
+
+@pytest.mark.parametrize("holdout", ["d1", "1"])
+def test_holdout_domain_is_never_trained_on_and_is_the_only_test_domain(holdout: str) -> None:
+    bundle = make_bundle(n_domains=3)
+    sc = build_scenario(bundle, cfg_for(**{"clients.multimodal": 3, "clients.image_only": 3,
+                                           "clients.text_only": 1, "domains.holdout": holdout}))
+    assert sc.holdout == 1
+    assert [c.domain for c in sc.clients] == [0, 2, 0, 2, 0, 2, 0]
+    for c in sc.clients:
+        for s in SPLITS:
+            assert (c.splits[s].dom != 1).all()
+    for cond in ("both", "image"):
+        assert (sc.test[cond].dom == 1).all() and len(sc.test[cond]) == len(sc.test["text"])
+    image_client = sc.clients[3]
+    assert (sc.test_view_for(image_client).dom == 1).all() and len(sc.test_view_for(image_client)) > 0
+
+
+def test_no_holdout_keeps_every_domain_in_the_test_views() -> None:
+    sc = build_scenario(make_bundle(n_domains=3), cfg_for())
+    assert sc.holdout is None
+    assert set(np.unique(sc.test["image"].dom)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("value, needle", [("d9", "not an image domain"), ("7", "not an image domain")])
+def test_bad_holdout_names_the_key(value: str, needle: str) -> None:
+    with pytest.raises(DataError, match="domains.holdout") as err:
+        build_scenario(make_bundle(n_domains=3), cfg_for(**{"domains.holdout": value}))
+    assert needle in str(err.value)
+
+
+def test_holdout_needs_two_domains() -> None:
+    with pytest.raises(DataError, match="at least two"):
+        build_scenario(make_bundle(n_domains=1), cfg_for(**{"domains.holdout": "0"}))

@@ -4,7 +4,9 @@ Built from a :class:`Bundle` and the config, deterministically from the seed:
 1. a global test set (the data set's own test split, or a held-out fraction of identity groups);
 2. the remaining groups partitioned among clients (IID, Dirichlet or k classes per client);
 3. modality groups by count (multimodal, then image-only, then text-only clients), image
-   domains assigned round-robin (client ``i`` sees domain ``i % D``);
+   domains assigned round-robin (client ``i`` sees domain ``i % D``); with ``domains.holdout``
+   one image domain is kept away from every client and the server's image test views show
+   only that domain (leave-one-domain-out);
 4. per-client train/val/test split by group, and sample-level missingness inside multimodal
    clients (a sample never loses both modalities).
 """
@@ -62,15 +64,18 @@ class Scenario:
     #: global test set under three conditions: "both", "image", "text" (only those possible)
     test: dict[str, View]
     domains: list[str]
+    #: the image domain no client trains on (leave-one-domain-out), or None
+    holdout: int | None = None
 
     def test_view_for(self, client: ClientSpec, max_rows: int | None = None, seed: int = 0) -> View:
         """The server's test set through one client's eyes: its modalities and image domain,
-        at most ``max_rows`` rows (a fixed random subset) so per-client evaluation stays cheap."""
+        at most ``max_rows`` rows (a fixed random subset) so per-client evaluation stays cheap.
+        With a held-out domain every image client is scored on that unseen domain."""
         cond = {"multimodal": "both", "image_only": "image", "text_only": "text"}[client.group]
         view = self.test[cond]
         keep = np.ones(len(view), bool)
         if "image" in client.modalities:
-            keep = view.dom == client.domain
+            keep = view.dom == (client.domain if self.holdout is None else self.holdout)
         rows = np.flatnonzero(keep)
         if max_rows is not None and len(rows) > max_rows:
             rows = np.sort(np.random.default_rng([seed, 13]).choice(rows, size=max_rows, replace=False))
@@ -107,6 +112,26 @@ def _split_groups(groups: np.ndarray, val: float, test: float, rng: np.random.Ge
     return {"test": g[:n_test], "val": g[n_test:n_test + n_val], "train": g[n_test + n_val:]}
 
 
+def holdout_domain(bundle: Bundle, value: object) -> int | None:
+    """``domains.holdout`` as a domain index: empty means none; a name or an index otherwise."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if "image" not in bundle.modalities or len(bundle.domains) < 2:
+        raise DataError(
+            f"domains.holdout={text}: dataset {bundle.name} has {len(bundle.domains) if 'image' in bundle.modalities else 0} "
+            "image domain(s); holding one out needs at least two"
+        )
+    if text in bundle.domains:
+        return bundle.domains.index(text)
+    if text.isdigit() and int(text) < len(bundle.domains):
+        return int(text)
+    raise DataError(
+        f"domains.holdout={text!r} is not an image domain of {bundle.name}: "
+        f"use one of {', '.join(bundle.domains)} or an index 0-{len(bundle.domains) - 1}"
+    )
+
+
 def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     """Deterministic for a given bundle and config (everything is drawn from ``cfg['seed']``)."""
     seed = int(cfg["seed"])
@@ -123,6 +148,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
                 f"set {hint}"
             )
     num_clients = sum(counts.values())
+    holdout = holdout_domain(bundle, cfg.get("domains.holdout", ""))
 
     # 1. global test set
     all_groups = np.unique(bundle.groups)
@@ -153,6 +179,8 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     )
     group_names = [g for g in GROUPS for _ in range(counts[g])]
     n_dom = len(bundle.domains)
+    # leave-one-domain-out: clients cycle through the other domains only
+    train_domains = [d for d in range(n_dom) if d != holdout]
     p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
 
     clients: list[ClientSpec] = []
@@ -163,7 +191,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
                 "use fewer clients, a larger partition.alpha or partition=iid"
             )
         crng = np.random.default_rng([seed, 11, cid])
-        spec = ClientSpec(cid=cid, group=group, domain=cid % n_dom)
+        spec = ClientSpec(cid=cid, group=group, domain=train_domains[cid % len(train_domains)])
         split_groups = _split_groups(pool_groups[rows], float(cfg["split.val"]), float(cfg["split.test"]), crng)
         for split in SPLITS:
             items = _items_of(bundle.groups, split_groups[split])
@@ -183,16 +211,18 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
             spec.splits[split] = View(items, np.full(n, spec.domain), has_img, has_txt)
         clients.append(spec)
 
-    # 3. global test views: every (item, domain) pair for image conditions, each item once for text
+    # 3. global test views: every (item, domain) pair for image conditions (only the held-out
+    #    domain under leave-one-domain-out), each item once for text
     test: dict[str, View] = {}
     n_t = len(test_items)
     if "image" in mods:
-        rep_idx = np.repeat(test_items, n_dom)
-        rep_dom = np.tile(np.arange(n_dom), n_t)
+        test_domains = np.arange(n_dom) if holdout is None else np.array([holdout])
+        rep_idx = np.repeat(test_items, len(test_domains))
+        rep_dom = np.tile(test_domains, n_t)
         ones, zeros = np.ones(len(rep_idx), bool), np.zeros(len(rep_idx), bool)
         if "text" in mods:
             test["both"] = View(rep_idx, rep_dom, ones, ones.copy())
         test["image"] = View(rep_idx, rep_dom, ones.copy(), zeros)
     if "text" in mods:
         test["text"] = View(test_items, np.zeros(n_t, np.int64), np.zeros(n_t, bool), np.ones(n_t, bool))
-    return Scenario(clients=clients, test=test, domains=list(bundle.domains))
+    return Scenario(clients=clients, test=test, domains=list(bundle.domains), holdout=holdout)
