@@ -20,7 +20,11 @@ from adamodal.config import resolve
 from adamodal.data.emoji import VENDORS
 from adamodal.engine.simulator import run_experiment
 
-METHODS = ("fedavg", "fedclip")
+VARIANTS = {
+    "FedAvg": {"method": "fedavg"},
+    "FedCLIP": {"method": "fedclip"},
+    "FedCLIP, bridge rank 64": {"method": "fedclip", "fedclip.bridge_rank": 64},
+}
 BASE = {
     "dataset": "emoji", "towers": "frozen", "clients.multimodal": 0, "clients.image_only": 3,
     "clients.text_only": 0, "partition": "iid", "local_epochs": 1, "eval.every": 1000,
@@ -40,21 +44,22 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, dict[str, list[dict]]] = {}
     for vendor in VENDORS:
-        for method in METHODS:
+        for label, overrides in VARIANTS.items():
+            method = label
             for seed in seeds:
-                cfg = resolve({}, {**BASE, "rounds": args.rounds, "method": method, "seed": seed,
-                                   "domains.holdout": vendor})
-                s = run_experiment(cfg, args.out / vendor / method / f"seed{seed}", progress=False, force=True)
+                cfg = resolve({}, {**BASE, **overrides, "rounds": args.rounds, "seed": seed, "domains.holdout": vendor})
+                folder = label.lower().replace(", ", "-").replace(" ", "_")
+                s = run_experiment(cfg, args.out / vendor / folder / f"seed{seed}", progress=False, force=True)
                 results.setdefault(vendor, {}).setdefault(method, []).append({
                     "accuracy": s["test"]["image"]["accuracy"], "macro_auc": s["test"]["image"]["macro_auc"],
                     "in_domain_accuracy": s["groups"]["image_only"]["accuracy"],
                     "bytes_up_per_round": s["bytes_up_per_round"], "clients": sum(s["clients"].values()),
                     "wall_s": s["wall_s"],
                 })
-                print(f"{vendor:9s} {method:8s} seed {seed}: held-out accuracy {results[vendor][method][-1]['accuracy']:.3f}",
+                print(f"{vendor:9s} {method:24s} seed {seed}: held-out accuracy {results[vendor][method][-1]['accuracy']:.3f}",
                       flush=True)
-    head = ("| held-out vendor | FedAvg accuracy | FedCLIP accuracy | FedAvg macro-AUC | FedCLIP macro-AUC |\n"
-            "|---|---|---|---|---|\n")
+    head = ("| held-out vendor | " + " | ".join(f"{v} accuracy" for v in VARIANTS) + " | "
+            + " | ".join(f"{v} macro-AUC" for v in VARIANTS) + " |\n|---" + "|---" * 2 * len(VARIANTS) + "|\n")
     rows = []
     for vendor in [*VENDORS, "mean"]:
         def col(method: str, key: str, vendor: str = vendor) -> str:
@@ -63,18 +68,18 @@ def main() -> None:
             else:
                 vals = [r[key] for r in results[vendor][method]]
             return mean_std([float(v) for v in vals])
-        rows.append(f"| {vendor} | {col('fedavg', 'accuracy')} | {col('fedclip', 'accuracy')} | "
-                    f"{col('fedavg', 'macro_auc')} | {col('fedclip', 'macro_auc')} |")
+        cells = [col(v, "accuracy") for v in VARIANTS] + [col(v, "macro_auc") for v in VARIANTS]
+        rows.append(f"| {vendor} | " + " | ".join(cells) + " |")
     per_client = {m: results[VENDORS[0]][m][0]["bytes_up_per_round"] / results[VENDORS[0]][m][0]["clients"]
-                  for m in METHODS}
-    wall = {m: np.mean([r["wall_s"] for v in VENDORS for r in results[v][m]]) for m in METHODS}
+                  for m in VARIANTS}
+    wall = {m: np.mean([r["wall_s"] for v in VENDORS for r in results[v][m]]) for m in VARIANTS}
     md = (f"# FedCLIP vs FedAvg, leave-one-domain-out over the emoji vendors\n\n"
           f"3 image-only clients (one per training vendor), IID, frozen towers, {args.rounds} rounds x 1 local "
           f"epoch, seeds {', '.join(map(str, seeds))}; held-out vendor's images of the server test emoji.\n\n"
           + head + "\n".join(rows) + "\n\n"
-          f"Upload per client per round: FedAvg {per_client['fedavg'] / 1e6:.2f} MB, "
-          f"FedCLIP {per_client['fedclip'] / 1e6:.2f} MB (adapter only). "
-          f"Mean wall time per run: FedAvg {wall['fedavg']:.1f} s, FedCLIP {wall['fedclip']:.1f} s.\n")
+          "| | " + " | ".join(VARIANTS) + " |\n|---" + "|---" * len(VARIANTS) + "|\n"
+          "| MB up per client per round | " + " | ".join(f"{per_client[v] / 1e6:.2f}" for v in VARIANTS) + " |\n"
+          "| wall s per run | " + " | ".join(f"{wall[v]:.1f}" for v in VARIANTS) + " |\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(md)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -109,3 +109,14 @@ def test_fedclip_learns(small_experiment, tmp_path):
     adapter = sum(v.nbytes for v in FedCLIP(exp.cfg, exp.spec, exp.infos()).initial_params().values())
     senders = sum("image" in c.modalities for c in exp.clients)
     assert adapter * senders <= summary["bytes_up_per_round"] < (adapter + 100) * senders
+
+
+def test_bridge_rank_factors_the_bridge_and_shrinks_the_upload(small_experiment):
+    full, _ = _method(small_experiment)
+    low, _ = _method(small_experiment, fedclip__bridge_rank=16)
+    img, dim = full.spec.img_dim, full.prompts.shape[1]
+    attai = 2 * (dim * dim + dim)
+    assert sum(v.size for v in full.global_params.values()) == img * dim + dim + attai
+    assert sum(v.size for v in low.global_params.values()) == img * 16 + 16 * dim + dim + attai
+    with pytest.raises(ConfigError, match="fedclip.bridge_rank"):
+        _method(small_experiment, fedclip__bridge_rank=-1)

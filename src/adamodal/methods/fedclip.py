@@ -21,6 +21,7 @@ Where this departs from the original, and why:
   shared space and starts from CLIP's zero-shot accuracy. Our towers were not: EfficientNet's
   ImageNet features and MiniLM's sentence space are unrelated, so a trained linear map into the
   text space is part of the adapter (and of the upload). There is no zero-shot start.
+  ``fedclip.bridge_rank`` > 0 factors the bridge through that rank to shrink the upload.
 * Duplicate labels in a batch. CLIP's loss takes the diagonal as the only positive; with class
   prompts, two images of the same class share one prompt, so every same-class pair is a
   positive (uniform soft targets), or the loss would push an image away from its own prompt.
@@ -73,10 +74,12 @@ class FedCLIPNet(nn.Module):
     so they can never be part of an upload.
     """
 
-    def __init__(self, img_dim: int, prompts: torch.Tensor, temperature: float) -> None:
+    def __init__(self, img_dim: int, prompts: torch.Tensor, temperature: float, bridge_rank: int = 0) -> None:
         super().__init__()
         dim = int(prompts.shape[1])
-        self.bridge = nn.Linear(img_dim, dim)
+        # rank r > 0: a factored bridge (img_dim + dim) * r parameters instead of img_dim * dim
+        self.bridge = (nn.Linear(img_dim, dim) if bridge_rank <= 0 else
+                       nn.Sequential(nn.Linear(img_dim, bridge_rank, bias=False), nn.Linear(bridge_rank, dim)))
         self.attai = AttAI(dim)
         self.register_buffer("prompts", F.normalize(prompts.float(), dim=-1), persistent=False)
         self.scale = 1.0 / temperature
@@ -147,6 +150,7 @@ class FedCLIP(Method):
     config_defaults = {
         "fedclip.prompt": "an emoji of {}",
         "fedclip.temperature": 0.05,
+        "fedclip.bridge_rank": 0,
     }
 
     def __init__(self, cfg: dict, spec: ModelSpec, clients: list[ClientInfo]) -> None:
@@ -159,6 +163,9 @@ class FedCLIP(Method):
         if temperature <= 0:
             raise ConfigError(f"fedclip.temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        self.bridge_rank = int(cfg["fedclip.bridge_rank"])
+        if self.bridge_rank < 0:
+            raise ConfigError(f"fedclip.bridge_rank must be >= 0 (0 = full bridge), got {self.bridge_rank}")
         names = class_names(cfg)
         if len(names) != spec.num_classes:
             raise ConfigError(f"fedclip: {len(names)} class names for {spec.num_classes} classes")
@@ -168,7 +175,7 @@ class FedCLIP(Method):
     def _build(self) -> FedCLIPNet:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return FedCLIPNet(int(self.spec.img_dim or 0), self.prompts, self.temperature)
+            return FedCLIPNet(int(self.spec.img_dim or 0), self.prompts, self.temperature, self.bridge_rank)
 
     def model(self) -> nn.Module:
         if self._model is None:
