@@ -13,7 +13,7 @@ from adamodal.config import resolve
 from adamodal.data import get_source
 from adamodal.data.base import Bundle
 from adamodal.data.scenario import GROUPS, SPLITS, Scenario, View, build_scenario
-from adamodal.errors import DataError
+from adamodal.errors import ConfigError, DataError
 
 
 def make_bundle(
@@ -345,11 +345,11 @@ def test_no_holdout_keeps_every_domain_in_the_test_views() -> None:
 
 @pytest.mark.parametrize("value, needle", [("d9", "not an image domain"), ("7", "not an image domain")])
 def test_bad_holdout_names_the_key(value: str, needle: str) -> None:
-    with pytest.raises(DataError, match="domains.holdout") as err:
+    with pytest.raises(ConfigError, match="domains.holdout") as err:
         build_scenario(make_bundle(n_domains=3), cfg_for(**{"domains.holdout": value}))
     assert needle in str(err.value)
 
 
 def test_holdout_needs_two_domains() -> None:
-    with pytest.raises(DataError, match="at least two"):
+    with pytest.raises(ConfigError, match="at least two"):
         build_scenario(make_bundle(n_domains=1), cfg_for(**{"domains.holdout": "0"}))

@@ -19,7 +19,7 @@ import numpy as np
 
 from adamodal.data.base import Bundle
 from adamodal.data.partition import partition_groups
-from adamodal.errors import DataError
+from adamodal.errors import ConfigError, DataError
 
 GROUPS = ("multimodal", "image_only", "text_only")
 SPLITS = ("train", "val", "test")
@@ -118,7 +118,7 @@ def holdout_domain(bundle: Bundle, value: object) -> int | None:
     if not text:
         return None
     if "image" not in bundle.modalities or len(bundle.domains) < 2:
-        raise DataError(
+        raise ConfigError(
             f"domains.holdout={text}: dataset {bundle.name} has {len(bundle.domains) if 'image' in bundle.modalities else 0} "
             "image domain(s); holding one out needs at least two"
         )
@@ -126,7 +126,7 @@ def holdout_domain(bundle: Bundle, value: object) -> int | None:
         return bundle.domains.index(text)
     if text.isdigit() and int(text) < len(bundle.domains):
         return int(text)
-    raise DataError(
+    raise ConfigError(
         f"domains.holdout={text!r} is not an image domain of {bundle.name}: "
         f"use one of {', '.join(bundle.domains)} or an index 0-{len(bundle.domains) - 1}"
     )
