@@ -47,6 +47,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     "split.test": 0.2,
     "split.global_test": 0.2,
     "data.max_items": 0,
+    "domains.holdout": "",
     "eval.every": 1,
     "eval.max_rows": 2000,
     "threads": 1,

@@ -13,7 +13,7 @@ from adamodal.config import resolve
 from adamodal.data import get_source
 from adamodal.data.base import Bundle
 from adamodal.data.scenario import GROUPS, SPLITS, Scenario, View, build_scenario
-from adamodal.errors import DataError
+from adamodal.errors import ConfigError, DataError
 
 
 def make_bundle(
@@ -429,3 +429,36 @@ def test_client_group_hook_errors_name_the_problem():
     with pytest.raises(DataError, match="client_group values"):
         Bundle(name="x", task="multiclass", classes=["a"], labels=np.zeros(2, np.int64),
                groups=np.arange(2), texts=["a", "b"], client_group=np.array(["everyone", "x"]))
+
+@pytest.mark.parametrize("holdout", ["d1", "1"])
+def test_holdout_domain_is_never_trained_on_and_is_the_only_test_domain(holdout: str) -> None:
+    bundle = make_bundle(n_domains=3)
+    sc = build_scenario(bundle, cfg_for(**{"clients.multimodal": 3, "clients.image_only": 3,
+                                           "clients.text_only": 1, "domains.holdout": holdout}))
+    assert sc.holdout == 1
+    assert [c.domain for c in sc.clients] == [0, 2, 0, 2, 0, 2, 0]
+    for c in sc.clients:
+        for s in SPLITS:
+            assert (c.splits[s].dom != 1).all()
+    for cond in ("both", "image"):
+        assert (sc.test[cond].dom == 1).all() and len(sc.test[cond]) == len(sc.test["text"])
+    image_client = sc.clients[3]
+    assert (sc.test_view_for(image_client).dom == 1).all() and len(sc.test_view_for(image_client)) > 0
+
+
+def test_no_holdout_keeps_every_domain_in_the_test_views() -> None:
+    sc = build_scenario(make_bundle(n_domains=3), cfg_for())
+    assert sc.holdout is None
+    assert set(np.unique(sc.test["image"].dom)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("value, needle", [("d9", "not an image domain"), ("7", "not an image domain")])
+def test_bad_holdout_names_the_key(value: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match="domains.holdout") as err:
+        build_scenario(make_bundle(n_domains=3), cfg_for(**{"domains.holdout": value}))
+    assert needle in str(err.value)
+
+
+def test_holdout_needs_two_domains() -> None:
+    with pytest.raises(ConfigError, match="at least two"):
+        build_scenario(make_bundle(n_domains=1), cfg_for(**{"domains.holdout": "0"}))

@@ -6,7 +6,9 @@ Built from a :class:`Bundle` and the config, deterministically from the seed:
    groups that natively lack the image (a report collection added beside X-rays) go to the
    text-only clients, groups that lack the text to the image-only clients;
 3. modality groups by count (multimodal, then image-only, then text-only clients), image
-   domains assigned round-robin (client ``i`` sees domain ``i % D``);
+   domains assigned round-robin (client ``i`` sees domain ``i % D``); with ``domains.holdout``
+   one image domain is kept away from every client and the server's image test views show
+   only that domain (leave-one-domain-out);
 4. per-client train/val/test split by group, and sample-level missingness inside multimodal
    clients (a sample never loses both modalities).
 
@@ -25,7 +27,7 @@ import numpy as np
 
 from adamodal.data.base import Bundle
 from adamodal.data.partition import partition_groups
-from adamodal.errors import DataError
+from adamodal.errors import ConfigError, DataError
 
 GROUPS = ("multimodal", "image_only", "text_only")
 SPLITS = ("train", "val", "test")
@@ -72,10 +74,13 @@ class Scenario:
     #: global test set under three conditions: "both", "image", "text" (only those possible)
     test: dict[str, View]
     domains: list[str]
+    #: the image domain no client trains on (leave-one-domain-out), or None
+    holdout: int | None = None
 
     def test_view_for(self, client: ClientSpec, max_rows: int | None = None, seed: int = 0) -> View:
         """The server's test set through one client's eyes: its modalities and image domain,
-        at most ``max_rows`` rows (a fixed random subset) so per-client evaluation stays cheap."""
+        at most ``max_rows`` rows (a fixed random subset) so per-client evaluation stays cheap.
+        With a held-out domain every image client is scored on that unseen domain."""
         cond = {"multimodal": "both", "image_only": "image", "text_only": "text"}[client.group]
         view = self.test.get(cond)
         if view is None:  # predefined test items may lack the pairing this client would see
@@ -83,7 +88,7 @@ class Scenario:
             return View(empty, empty.copy(), np.zeros(0, bool), np.zeros(0, bool))
         keep = np.ones(len(view), bool)
         if "image" in client.modalities:
-            keep = view.dom == client.domain
+            keep = view.dom == (client.domain if self.holdout is None else self.holdout)
         rows = np.flatnonzero(keep)
         if max_rows is not None and len(rows) > max_rows:
             rows = np.sort(np.random.default_rng([seed, 13]).choice(rows, size=max_rows, replace=False))
@@ -146,7 +151,7 @@ def _drop_modalities(view: View, p_img: float, p_txt: float, rng: np.random.Gene
     return View(view.idx, view.dom, has_img & ~drop_img, has_txt & ~drop_txt)
 
 
-def _test_views(bundle: Bundle, test_items: np.ndarray) -> dict[str, View]:
+def _test_views(bundle: Bundle, test_items: np.ndarray, holdout: int | None = None) -> dict[str, View]:
     """Every (item, domain) pair for image conditions, each item once for text; each condition
     keeps only the items that have what it shows (and, with ``client_group``, only its kind's)."""
     test: dict[str, View] = {}
@@ -166,8 +171,9 @@ def _test_views(bundle: Bundle, test_items: np.ndarray) -> dict[str, View]:
             items = of_kind(cond, test_items[img_ok[test_items] & (txt_ok[test_items] if need_txt else True)])
             if bundle.client_group is not None and len(items) == 0:
                 continue
-            rep_idx = np.repeat(items, n_dom)
-            rep_dom = np.tile(np.arange(n_dom), len(items))
+            domains = np.arange(n_dom) if holdout is None else np.array([holdout])
+            rep_idx = np.repeat(items, len(domains))
+            rep_dom = np.tile(domains, len(items))
             ones = np.ones(len(rep_idx), bool)
             test[cond] = View(rep_idx, rep_dom, ones, ones.copy() if need_txt else ~ones)
     if "text" in mods:
@@ -284,6 +290,26 @@ def _route(bundle: Bundle, pool_groups: np.ndarray, group_names: list[str]) -> l
     return pools
 
 
+def holdout_domain(bundle: Bundle, value: object) -> int | None:
+    """``domains.holdout`` as a domain index: empty means none; a name or an index otherwise."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if "image" not in bundle.modalities or len(bundle.domains) < 2:
+        raise ConfigError(
+            f"domains.holdout={text}: dataset {bundle.name} has {len(bundle.domains) if 'image' in bundle.modalities else 0} "
+            "image domain(s); holding one out needs at least two"
+        )
+    if text in bundle.domains:
+        return bundle.domains.index(text)
+    if text.isdigit() and int(text) < len(bundle.domains):
+        return int(text)
+    raise ConfigError(
+        f"domains.holdout={text!r} is not an image domain of {bundle.name}: "
+        f"use one of {', '.join(bundle.domains)} or an index 0-{len(bundle.domains) - 1}"
+    )
+
+
 def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     """Deterministic for a given bundle and config (everything is drawn from ``cfg['seed']``)."""
     check_group_integrity(bundle)
@@ -303,6 +329,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
                 f"set {hint}"
             )
     num_clients = sum(counts.values())
+    holdout = holdout_domain(bundle, cfg.get("domains.holdout", ""))
 
     # 1. global test set
     all_groups = np.unique(bundle.groups)
@@ -337,6 +364,8 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
         for cid, rows in zip(cids, sub, strict=True):
             parts[cid] = pool[rows]
     n_dom = len(bundle.domains)
+    # leave-one-domain-out: clients cycle through the other domains only
+    train_domains = [d for d in range(n_dom) if d != holdout]
     p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
     pool_items = (np.ones(len(bundle), bool) if bundle.fixed_test is None else ~bundle.fixed_test)
 
@@ -348,7 +377,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
                 "use fewer clients, a larger partition.alpha or partition=iid"
             )
         crng = np.random.default_rng([seed, 11, cid])
-        spec = ClientSpec(cid=cid, group=group, domain=cid % n_dom)
+        spec = ClientSpec(cid=cid, group=group, domain=train_domains[cid % len(train_domains)])
         split_groups = _split_groups(pool_groups[rows], float(cfg["split.val"]), float(cfg["split.test"]), crng)
         for split in SPLITS:
             items = _items_of(bundle.groups, split_groups[split])
@@ -359,8 +388,10 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
             spec.splits[split] = view
         clients.append(spec)
 
-    # 3. global test views: every (item, domain) pair for image conditions, each item once for text
-    return Scenario(clients=clients, test=_test_views(bundle, test_items), domains=list(bundle.domains))
+    # 3. global test views: every (item, domain) pair for image conditions (only the held-out
+    #    domain under leave-one-domain-out), each item once for text
+    return Scenario(clients=clients, test=_test_views(bundle, test_items, holdout),
+                    domains=list(bundle.domains), holdout=holdout)
 
 
 def _group_kind(bundle: Bundle, groups: np.ndarray) -> np.ndarray:
