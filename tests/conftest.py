@@ -26,6 +26,27 @@ def small_experiment():
     return prepare(resolve({}, SMALL), progress=False)
 
 
+@pytest.fixture(scope="session")
+def experiment_for(small_experiment):
+    """``experiment_for(method, **overrides)``: the same 5 clients prepared for what the method's
+    model reads (frozen features, or raw inputs with ``towers=small``), so tests that run every
+    method (``method_names()``) cover methods added later whatever their towers."""
+    from adamodal.config import resolve
+    from adamodal.engine.simulator import prepare
+    from adamodal.methods import get_method_class
+
+    raw: list = []
+
+    def get(method: str, **overrides):
+        if "features" in get_method_class(method).input_kinds:
+            return with_config(small_experiment, method=method, **overrides)
+        if not raw:
+            raw.append(prepare(resolve({}, {**SMALL, "towers": "small"}), progress=False))
+        return with_config(raw[0], method=method, towers="small", **overrides)
+
+    return get
+
+
 def with_config(exp, **overrides):
     """The same prepared data with other (non-data) config values, e.g. another method or
     another model size (the model spec follows the config)."""

@@ -137,10 +137,10 @@ def test_checkpoint_holds_rng_state_metrics_and_client_state(small_experiment, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", method_names())
-def test_every_method_resumes_to_the_same_summary(small_experiment, tmp_path, method):
+def test_every_method_resumes_to_the_same_summary(experiment_for, tmp_path, method):
     """Killed during round 2, resumed: identical summary for every method (methods added
     later included), so whatever state a method keeps is in its checkpoint."""
-    exp = with_config(small_experiment, method=method, rounds=2, local_epochs=1)
+    exp = experiment_for(method, rounds=2, local_epochs=1)
     full = Simulator(exp, tmp_path / "full", progress=False).run()
     crashing = Simulator(exp, tmp_path / "crash", progress=False)
     original = crashing.run_round

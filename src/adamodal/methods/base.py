@@ -113,6 +113,9 @@ class Method(ABC):
     config_defaults: ClassVar[dict[str, Any]] = {}
     #: True when clients send raw inputs (only ``central``, which is not federated)
     moves_raw_data: ClassVar[bool] = False
+    #: the inputs this method's model can use: cached frozen-tower ``features`` and/or ``raw``
+    #: inputs for small trainable towers (``towers=small``)
+    input_kinds: ClassVar[tuple[str, ...]] = ("features", "raw")
 
     def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
         self.cfg = cfg

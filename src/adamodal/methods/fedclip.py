@@ -147,6 +147,7 @@ def prompt_embeddings(template: str, names: tuple[str, ...]) -> np.ndarray:
 class FedCLIP(Method):
     name = "fedclip"
     description = "frozen towers + AttAI adapter vs class-prompt text embeddings; FedAvg of the adapter only"
+    input_kinds = ("features",)
     config_defaults = {
         "fedclip.prompt": "an emoji of {}",
         "fedclip.temperature": 0.05,

@@ -160,6 +160,7 @@ class Complementary(nn.Module):
 class FedCola(Method):
     name = "fedcola"
     description = "FedCola: transformer, complementary training, attention shared across modalities (fedcola.variant)"
+    input_kinds = ("raw",)
     config_defaults = {
         "fedcola.variant": "fedcola",
         "fedcola.width": 192,

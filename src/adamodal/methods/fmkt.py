@@ -161,6 +161,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: list[torch.Tensor], te
 class FMKT(Method):
     name = "fmkt"
     description = "decentralized: peers on a ring/random topology distil neighbours (CE + KL + feature-map L2); no global model"
+    input_kinds = ("raw",)
     config_defaults = {
         "fmkt.topology": "ring",
         "fmkt.neighbors": 2,
