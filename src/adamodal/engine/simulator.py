@@ -157,13 +157,13 @@ class Simulator:
             cids = method.participants(phase, rnd, sampled)
             messages = method.configure(phase, rnd, cids)
             for cid in cids:
-                st.bytes_down[cid] = st.bytes_down.get(cid, 0) + messages[cid].nbytes()
+                st.bytes_down[cid] = st.bytes_down.get(cid, 0) + self.clients.nbytes(messages[cid])
             replies: dict[int, Message] = {}
             for cid, reply in self.clients.step(phase, rnd, p_idx, {cid: messages[cid] for cid in cids}).items():
                 if isinstance(reply, ClientFailure):
                     st.dropped.append({"round": rnd, "phase": phase, "client": cid, "reason": reply.reason})
                     continue
-                st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
+                st.bytes_up[cid] = st.bytes_up.get(cid, 0) + self.clients.nbytes(reply)
                 replies[cid] = reply
             method.aggregate(phase, rnd, replies)
             st.time_s[phase] = st.time_s.get(phase, 0.0) + time.perf_counter() - t0
