@@ -17,8 +17,9 @@ import tomli_w
 
 from adamodal import __version__
 from adamodal.config import Config
-from adamodal.flower.client_app import CONFIG_KEY
 
+#: the run config key holding the resolved adamodal config (TOML text)
+CONFIG_KEY = "adamodal-config"
 #: seconds a phase waits for the SuperNodes' replies before counting the silent ones as dropped
 DEFAULT_TIMEOUT = 600.0
 #: seconds the ServerApp waits for every client's SuperNode to join before starting

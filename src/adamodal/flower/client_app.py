@@ -31,11 +31,10 @@ from flwr.clientapp import ClientApp
 from adamodal.engine.clients import ClientData, client_step, derive_seed, evaluate_client
 from adamodal.engine.tensors import Tensors
 from adamodal.errors import AdamodalError
+from adamodal.flower.app import CONFIG_KEY
 from adamodal.flower.records import control_of, eval_to_records, from_records, to_records
 from adamodal.methods.base import ClientContext, Method
 
-#: the run config key holding the resolved adamodal config (TOML text)
-CONFIG_KEY = "adamodal-config"
 STATE_KEY = "adamodal.state"
 
 app = ClientApp()

@@ -23,7 +23,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from adamodal.errors import AdamodalError
-from adamodal.flower.client_app import CONFIG_KEY
+from adamodal.flower.app import CONFIG_KEY
 from adamodal.flower.clients import FlowerClients, TooFewClients
 
 ERROR_FILE = "error.txt"
