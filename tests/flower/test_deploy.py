@@ -63,8 +63,7 @@ def tls_consortium(tmp_path_factory):
     make_certificates(root / "certs", [], 3)
     with Consortium(root, certificates=root / "certs") as c:
         c.start_superlink()
-        for cid in range(3):
-            c.start_supernode(cid, data=cache_dir())
+        c.start_supernodes([0, 1, 2], data=cache_dir())
         yield c
 
 
@@ -96,8 +95,7 @@ def _kill_in_round_2(c: Consortium, out: Path, name: str, sig: int) -> None:
 def test_killed_supernode_drops_out_or_fails_the_run_per_min_clients(tmp_path, capsys):
     with Consortium(tmp_path / "c") as c, ThreadPoolExecutor(1) as pool:
         c.start_superlink()
-        for cid in range(3):
-            c.start_supernode(cid)
+        c.start_supernodes([0, 1, 2])
         # a hard crash (SIGKILL) of the text-only site in round 2, min_clients=2: the run goes on
         cfg = resolve({}, {**TINY, "min_clients": 2})
         out = tmp_path / "allowed"

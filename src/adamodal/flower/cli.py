@@ -51,7 +51,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
     from adamodal.flower.processes import supernode_command
 
     return _exec(supernode_command(superlink=args.superlink, client_id=args.client_id, data=args.data,
-                                   certificates=args.certificates, insecure=args.insecure, port=args.port))
+                                   certificates=args.certificates, insecure=args.insecure, port=args.port,
+                                   state=args.state))
 
 
 def cmd_flower_run(args: argparse.Namespace, resolve_args: Callable[[argparse.Namespace], Any]) -> int:
@@ -141,6 +142,9 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
     sn.add_argument("--data", type=Path,
                     help="this site's data: for the built-in data sets the adamodal data cache folder "
                          "(default: $ADAMODAL_CACHE or ~/.cache/adamodal)")
+    sn.add_argument("--state", type=Path,
+                    help="where the site keeps its client's state (personal parameters) between rounds, "
+                         "for resumed runs (default: DATA/flower-state)")
     sn.add_argument("--superlink", default=f"127.0.0.1:{DEFAULT_SUPERLINK_PORT}", metavar="HOST:PORT",
                     help="the SuperLink's address (default %(default)s)")
     sn.add_argument("--port", type=int,

@@ -7,7 +7,9 @@ that is the adamodal data cache (the folder ``adamodal data fetch`` fills); a da
 clients each own a folder reads that client's folder from it instead.
 
 Flower rebuilds the ClientApp for every message, so anything kept between rounds (a method's
-personal parameters, ``ClientContext.state``) lives in Flower's ``context.state``. The data
+personal parameters, ``ClientContext.state``) lives in Flower's ``context.state``; it is also
+saved on the site's disk after every round, because a resumed run is a new Flower run with an
+empty ``context.state``. The data
 are prepared deterministically from the run's config, the same way the simulator does, and
 kept in a per-process cache (Flower's simulation reuses its worker processes).
 """
@@ -133,18 +135,54 @@ def _side(context: Context) -> ClientSide:
                        str(context.node_config.get("data-path", "")), cache)
 
 
-def _context(side: ClientSide, context: Context, seed: int) -> ClientContext:
+def _state_dir(side: ClientSide, context: Context) -> Path:
+    """Where this site keeps its client state between runs: its own disk (the data cache),
+    keyed by the run's config and run folder, so ``--resume`` finds it after a crash."""
+    from adamodal.cache import cache_dir, content_hash
+
+    key = content_hash(str(context.run_config[CONFIG_KEY]), str(context.run_config.get("out-dir", "")))
+    root = Path(str(context.node_config["state-path"])) if "state-path" in context.node_config else cache_dir() / "flower-state"
+    return root / f"{key}-client{side.data.cid}"
+
+
+def _restore(folder: Path, upto: int) -> dict[str, np.ndarray]:
+    """The state after the last round <= ``upto`` this client took part in ({} if none)."""
+    rounds = sorted(int(p.stem[5:]) for p in folder.glob("round*.pt") if p.stem[5:].isdigit())
+    rounds = [r for r in rounds if r <= upto]
+    if not rounds:
+        return {}
+    saved = torch.load(folder / f"round{rounds[-1]}.pt", weights_only=True)
+    return {k: v.numpy() for k, v in saved.items()}
+
+
+def _persist(folder: Path, rnd: int, state: dict[str, np.ndarray]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"round{rnd}.pt.tmp"
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
+    os.replace(tmp, folder / f"round{rnd}.pt")
+    for old in folder.glob("round*.pt"):  # the last few rounds are enough to resume
+        if old.stem[5:].isdigit() and int(old.stem[5:]) < rnd - 2:
+            old.unlink(missing_ok=True)
+
+
+def _context(side: ClientSide, context: Context, seed: int, resume_upto: int) -> ClientContext:
+    """The client's context; its state from Flower's ``context.state`` or, in the first message
+    of a resumed run, from the state this site saved in the run it continues."""
     d = side.data
-    state = {}
     if STATE_KEY in context.state.array_records:
         state = {k: a.numpy() for k, a in context.state.array_records[STATE_KEY].items()}
+    elif context.run_config.get("resume", False):
+        state = _restore(_state_dir(side, context), resume_upto)
+    else:
+        state = {}
     return ClientContext(cid=d.cid, group=d.group, modalities=d.modalities, train=d.train, val=d.val,
                          test=d.test, spec=side.method.spec, cfg=side.cfg, seed=seed,
                          device=side.method.device, state=state)
 
 
-def _save_state(ctx: ClientContext, context: Context) -> None:
+def _save_state(side: ClientSide, ctx: ClientContext, context: Context, rnd: int) -> None:
     context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in ctx.state.items()})
+    _persist(_state_dir(side, context), rnd, ctx.state)
 
 
 @app.query()
@@ -163,9 +201,9 @@ def train(msg: FlowerMessage, context: Context) -> FlowerMessage:
     side = _side(context)
     ctl = control_of(msg.content)
     rnd, p_idx, phase = int(ctl["round"]), int(ctl["phase_index"]), str(ctl["phase"])
-    ctx = _context(side, context, derive_seed(side.cfg["seed"], rnd, side.data.cid, p_idx))
+    ctx = _context(side, context, derive_seed(side.cfg["seed"], rnd, side.data.cid, p_idx), rnd - 1)
     reply = client_step(side.method, phase, rnd, ctx, from_records(msg.content))
-    _save_state(ctx, context)
+    _save_state(side, ctx, context, rnd)
     return FlowerMessage(to_records(reply), reply_to=msg)
 
 
@@ -174,7 +212,7 @@ def evaluate(msg: FlowerMessage, context: Context) -> FlowerMessage:
     """Score this client's model on its test split and on the server test view."""
     side = _side(context)
     ctl = control_of(msg.content)
-    ctx = _context(side, context, 0)
+    ctx = _context(side, context, 0, int(ctl["round"]))
     ev = evaluate_client(side.method, ctx, from_records(msg.content), side.server_view,
                          side.server_tests if ctl.get("server_tests") else None)
     return FlowerMessage(eval_to_records(ev), reply_to=msg)

@@ -26,7 +26,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -71,12 +71,19 @@ class Consortium:
         wait_port(self.port, self._start("superlink", cmd), self.root / "superlink.log")
 
     def start_supernode(self, client_id: int, data: Path | None = None) -> subprocess.Popen:
-        port = free_port()
-        cmd = supernode_command(superlink=self.address, client_id=client_id, data=data,
-                                certificates=self.certificates, insecure=self.insecure, port=port)
-        proc = self._start(f"supernode{client_id}", cmd)
-        wait_port(port, proc, self.root / f"supernode{client_id}.log")
-        return proc
+        return self.start_supernodes([client_id], data)[0]
+
+    def start_supernodes(self, client_ids: list[int], data: Path | None = None) -> list[subprocess.Popen]:
+        """Start one SuperNode per client id, all at once, and wait until each listens."""
+        started = []
+        for cid in client_ids:
+            port = free_port()
+            cmd = supernode_command(superlink=self.address, client_id=cid, data=data,
+                                    certificates=self.certificates, insecure=self.insecure, port=port)
+            started.append((cid, port, self._start(f"supernode{cid}", cmd)))
+        for cid, port, proc in started:
+            wait_port(port, proc, self.root / f"supernode{cid}.log", timeout=300)
+        return [proc for _, _, proc in started]
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill a process and everything it started (a site going down hard)."""

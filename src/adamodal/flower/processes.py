@@ -87,13 +87,15 @@ def superlink_command(*, host: str, port: int, certificates: Path | None, insecu
 
 
 def supernode_command(*, superlink: str, client_id: int, data: Path | None, certificates: Path | None,
-                      insecure: bool, port: int | None = None) -> list[str]:
+                      insecure: bool, port: int | None = None, state: Path | None = None) -> list[str]:
     check_security(certificates, insecure)
     node_config = f"client-id={int(client_id)}"
     if data is not None:
         if not Path(data).exists():
             raise ConfigError(f"--data {data}: no such folder")
         node_config += " data-path=" + json.dumps(str(Path(data).resolve()))
+    if state is not None:
+        node_config += " state-path=" + json.dumps(str(Path(state).resolve()))
     cmd = [executable("flower-supernode"), "--superlink", superlink, "--node-config", node_config,
            "--port", str(port if port is not None else DEFAULT_NODE_PORT + int(client_id))]
     if insecure:
