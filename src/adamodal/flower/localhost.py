@@ -79,7 +79,8 @@ class Consortium:
         for cid in client_ids:
             port = free_port()
             cmd = supernode_command(superlink=self.address, client_id=cid, data=data,
-                                    certificates=self.certificates, insecure=self.insecure, port=port)
+                                    certificates=self.certificates, insecure=self.insecure, port=port,
+                                    state=self.root / f"state{cid}")
             started.append((cid, port, self._start(f"supernode{cid}", cmd)))
         for cid, port, proc in started:
             wait_port(port, proc, self.root / f"supernode{cid}.log", timeout=300)
