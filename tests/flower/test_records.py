@@ -170,3 +170,22 @@ def test_certificates_chain_and_commands(tmp_path):
     assert node[node.index("--root-certificates") + 1] == str(d / "ca.crt")
     assert "client-id=1" in node[node.index("--node-config") + 1]
     assert main(["flower", "certs", str(d)]) == 1  # never overwritten silently
+
+
+def test_app_folder_is_a_valid_flower_app_carrying_the_config(tmp_path, capsys):
+    import tomllib
+
+    from flwr.cli.config_utils import load_and_validate
+
+    from adamodal.config import resolve
+    from adamodal.flower.app import CONFIG_KEY
+
+    assert main(["flower", "app", str(tmp_path / "app"), "--out", str(tmp_path / "run"),
+                 "--set", "rounds=3", "method=adamodal"]) == 0
+    assert "num-supernodes=20" in capsys.readouterr().out
+    config, warnings = load_and_validate(tmp_path / "app" / "pyproject.toml")
+    run_config = config["tool"]["flwr"]["app"]["config"]
+    assert config["tool"]["flwr"]["app"]["components"]["serverapp"] == "adamodal.flower.server_app:app"
+    cfg = resolve(tomllib.loads(run_config[CONFIG_KEY]))
+    assert (cfg["rounds"], cfg["method"]) == (3, "adamodal")
+    assert run_config["out-dir"] == str((tmp_path / "run").resolve())
