@@ -27,7 +27,8 @@ from adamodal.methods.base import ClientInfo, Message
 def _message() -> Message:
     rng = np.random.default_rng(0)
     return Message({"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5, dtype=np.int64),
-                    "flag": np.array([True, False])}, {"num_examples": 7, "loss": 0.25, "phase": "x", "ok": True})
+                    "flag": np.array([True, False]), "scalar": np.array(2.5, dtype=np.float32),
+                    "transposed": np.ones((2, 3), np.float64).T}, {"num_examples": 7, "loss": 0.25, "phase": "x", "ok": True})
 
 
 def test_message_round_trip_is_exact():
@@ -46,7 +47,7 @@ def test_bytes_are_payload_plus_npy_headers():
     msg = _message()
     wire = records_nbytes(to_records(msg))
     # the raw payload, plus one .npy header (64-128 bytes) per array
-    assert msg.nbytes() + 3 * 64 <= wire <= msg.nbytes() + 3 * 128
+    assert msg.nbytes() + 5 * 64 <= wire <= msg.nbytes() + 5 * 128
 
 
 def test_malformed_message_is_a_clear_error():

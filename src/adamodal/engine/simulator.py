@@ -299,7 +299,7 @@ def _as_tensors(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _as_tensors(v) for k, v in tree.items()}
     if isinstance(tree, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(tree))
+        return torch.from_numpy(np.asarray(tree, order="C"))  # ascontiguousarray would make 0-d arrays 1-d
     return tree
 
 

@@ -158,7 +158,7 @@ def _restore(folder: Path, upto: int) -> dict[str, np.ndarray]:
 def _persist(folder: Path, rnd: int, state: dict[str, np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"round{rnd}.pt.tmp"
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
+    torch.save({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}, tmp)
     os.replace(tmp, folder / f"round{rnd}.pt")
     for old in folder.glob("round*.pt"):  # the last few rounds are enough to resume
         if old.stem[5:].isdigit() and int(old.stem[5:]) < rnd - 2:
@@ -181,7 +181,7 @@ def _context(side: ClientSide, context: Context, seed: int, resume_upto: int) ->
 
 
 def _save_state(side: ClientSide, ctx: ClientContext, context: Context, rnd: int) -> None:
-    context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in ctx.state.items()})
+    context.state[STATE_KEY] = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in ctx.state.items()})
     _persist(_state_dir(side, context), rnd, ctx.state)
 
 

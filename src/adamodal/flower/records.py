@@ -28,7 +28,7 @@ CONTROL = "control"
 
 def to_records(msg: Message, control: dict[str, Any] | None = None) -> RecordDict:
     """A Message (plus optional control values) as a Flower RecordDict."""
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in msg.arrays.items()})
+    arrays = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in msg.arrays.items()})
     rd = RecordDict({ARRAYS: arrays, SCALARS: ConfigRecord(dict(msg.scalars))})
     if control:
         rd[CONTROL] = ConfigRecord(dict(control))
@@ -68,7 +68,7 @@ def eval_to_records(ev: ClientEval) -> RecordDict:
     for cond, m in (ev.test_metrics or {}).items():
         metrics.update({f"{cond}.{k}": float(v) for k, v in m.items()})
     return RecordDict({
-        ARRAYS: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+        ARRAYS: ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()}),
         SCALARS: ConfigRecord({"has_test_metrics": ev.test_metrics is not None, **metrics}),
     })
 
