@@ -70,7 +70,7 @@ def cmd_flower_run(args: argparse.Namespace, resolve_args: Callable[[argparse.Na
         out = args.out or Path("runs") / f"{cfg['dataset']}-{cfg['method']}-s{cfg['seed']}-flower"
     result = submit(cfg, out, superlink=args.superlink, certificates=args.certificates, insecure=args.insecure,
                     simulation=args.simulation, resume=bool(args.resume), force=args.force,
-                    timeout=args.timeout, wait=args.wait)
+                    timeout=args.timeout, wait=args.wait, log=(lambda _: None) if args.quiet else print)
     if not result.ok:
         why = result.details or "no details"
         error = Path(out) / ERROR_FILE
@@ -152,7 +152,11 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
     _security(sn)
     sn.set_defaults(func=cmd_supernode)
 
-    r = fs.add_parser("run", help="submit a run to a SuperLink, wait, exit non-zero if it failed")
+    r = fs.add_parser("run", help="submit a run to a SuperLink, wait, exit non-zero if it failed",
+                      description="Submit a run (the config travels with it) to a SuperLink, wait until it has "
+                                  "finished and print its summary. Exit code 0 only when the run's status is "
+                                  "finished:completed; 1 with the reason otherwise (e.g. fewer than min_clients "
+                                  "clients replied).")
     config_args(r)
     r.add_argument("--superlink", default=f"127.0.0.1:{DEFAULT_SUPERLINK_PORT}", metavar="HOST:PORT",
                    help="the SuperLink's address (default %(default)s)")
