@@ -33,8 +33,7 @@ TINY = {
     "rounds": 2, "partition": "iid", "local_epochs": 1, "device": "cpu", "seed": 0, "eval.max_rows": 300,
 }
 TOL = 1e-6
-#: above Flower's dead-node detection (2 missed 30 s heartbeats): a hard-killed SuperNode is
-#: reported by the SuperLink as unavailable, a slow one on a busy machine is not dropped
+#: a phase's wait for a silent (killed) SuperNode; well above a normal phase on a busy 2-core machine
 TIMEOUT = 120.0
 
 
