@@ -40,12 +40,14 @@ def main() -> None:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     cfg = resolve({}, {**_scenario(args.clients), "rounds": args.rounds, "method": args.method})
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    store = args.out / "runtimes.json"  # kept across invocations (--skip runs one runtime at a time)
+    rows = {r[0]: r for r in json.loads(store.read_text())} if store.exists() else {}
 
     def record(name: str, t0: float, out: Path) -> None:
         s = json.loads((out / "summary.json").read_text())
-        rows.append((name, time.perf_counter() - t0, s["wall_s"], s["test"]["both"]["macro_auc"], s["bytes_up"]))
-        print(f"{name}: {rows[-1][1]:.1f} s total, {s['wall_s']:.1f} s loop", flush=True)
+        rows[name] = (name, time.perf_counter() - t0, s["wall_s"], s["test"]["both"]["macro_auc"], s["bytes_up"])
+        store.write_text(json.dumps(list(rows.values()), indent=1))
+        print(f"{name}: {rows[name][1]:.1f} s total, {s['wall_s']:.1f} s loop", flush=True)
 
     if "simulator" not in skip:
         t0 = time.perf_counter()
@@ -71,7 +73,7 @@ def main() -> None:
 
     lines = [f"# Runtimes: {args.method}, {args.clients} clients, {args.rounds} rounds, emoji default\n",
              "| runtime | total s | loop s | test macro-AUC (both) | bytes up |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {t:.1f} | {w:.1f} | {auc:.4f} | {b:,} |" for n, t, w, auc, b in rows]
+    lines += [f"| {n} | {t:.1f} | {w:.1f} | {auc:.4f} | {b:,} |" for n, t, w, auc, b in rows.values()]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
