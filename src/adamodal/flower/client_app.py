@@ -50,7 +50,7 @@ class ClientSide:
     data: ClientData
     method: Method
     server_view: Tensors
-    server_tests: dict[str, Tensors]
+    server_tests: dict[str, Tensors] | None  # prepared on demand (see load_client)
 
 
 _CACHE: dict[tuple[str, str, int], ClientSide] = {}
@@ -83,8 +83,11 @@ def load_client(config_text: str, cid: int, data_path: str, cache_file: Path | N
     cfg = resolve(tomllib.loads(config_text))
     saved = _read_cache(cache_file, key)
     if saved is None:
-        saved = _prepare(cfg, cid)
-        _write_cache(cache_file, key, saved)
+        prepared = _prepare(cfg, cid)
+        saved = prepared
+        # the server's whole test set is needed only at the last round of methods without a
+        # server model: it is not cached (it would be most of the file)
+        _write_cache(cache_file, key, prepared[:4] + (None,))
     elif int(cfg["threads"]) > 0:
         torch.set_num_threads(int(cfg["threads"]))  # what prepare() does
     data, spec, infos, server_view, server_tests = saved
@@ -122,7 +125,7 @@ def _write_cache(path: Path | None, key: tuple, value: tuple) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob("*.pt"):  # runs long finished
-        if time.time() - old.stat().st_mtime > 86400:
+        if time.time() - old.stat().st_mtime > 3 * 3600:
             old.unlink(missing_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save({"key": key, "value": value}, tmp)
@@ -213,6 +216,8 @@ def evaluate(msg: FlowerMessage, context: Context) -> FlowerMessage:
     side = _side(context)
     ctl = control_of(msg.content)
     ctx = _context(side, context, 0, int(ctl["round"]))
+    if ctl.get("server_tests") and side.server_tests is None:
+        side.server_tests = _prepare(side.cfg, side.data.cid)[4]
     ev = evaluate_client(side.method, ctx, from_records(msg.content), side.server_view,
                          side.server_tests if ctl.get("server_tests") else None)
     return FlowerMessage(eval_to_records(ev), reply_to=msg)
