@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list the methods")
     m.set_defaults(func=cmd_methods)
+
+    from adamodal.flower.cli import add_flower_parser
+
+    add_flower_parser(sub, _config_args, _resolve)
     return p
 
 

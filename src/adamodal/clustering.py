@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from threadpoolctl import ThreadpoolController
 
 
@@ -149,6 +148,8 @@ def hungarian_match(c_img: np.ndarray, c_txt: np.ndarray) -> tuple[np.ndarray, n
     Returns (image rows, text rows) of the ``min(len(c_img), len(c_txt))`` pairs, ordered by
     image row: pair ``j`` is image centroid ``rows_img[j]`` with text centroid ``rows_txt[j]``.
     """
+    from scipy.optimize import linear_sum_assignment  # server side only; slow to import
+
     rows, cols = linear_sum_assignment(cosine_cost(c_img, c_txt))
     order = np.argsort(rows)
     return rows[order].astype(np.int64), cols[order].astype(np.int64)

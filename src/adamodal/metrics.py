@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
 
 METRICS = ("macro_auc", "macro_f1", "micro_f1", "accuracy")
 
@@ -40,6 +39,8 @@ def macro_auc(targets: np.ndarray, scores: np.ndarray, known: np.ndarray | None 
     defined = (n_pos > 0) & (n_neg > 0)
     if not defined.any():
         return float("nan")
+    from scipy.stats import rankdata  # imported here: scipy.stats costs a second at start-up
+
     ranks = rankdata(scores, axis=0)  # average ranks for ties, per column
     rank_sum = (ranks * targets).sum(axis=0)
     auc = (rank_sum[defined] - n_pos[defined] * (n_pos[defined] + 1) / 2) / (n_pos[defined] * n_neg[defined])

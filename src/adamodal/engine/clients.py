@@ -101,6 +101,10 @@ class Clients(ABC):
     def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
         """Have every client evaluate its model; ``server_tests`` asks for server-test metrics too."""
 
+    def nbytes(self, msg: Message) -> int:
+        """Bytes ``msg`` costs on this runtime's wire (in process: :meth:`Message.nbytes`)."""
+        return msg.nbytes()
+
     def state(self) -> dict[int, dict[str, np.ndarray]]:
         """Client state the server checkpoints (none when clients keep their own)."""
         return {}

@@ -159,7 +159,7 @@ class Simulator:
             cids = method.participants(phase, rnd, sampled)
             messages = method.configure(phase, rnd, cids)
             for cid in cids:
-                st.bytes_down[cid] = st.bytes_down.get(cid, 0) + messages[cid].nbytes()
+                st.bytes_down[cid] = st.bytes_down.get(cid, 0) + self.clients.nbytes(messages[cid])
             received = self.clients.step(phase, rnd, p_idx, {cid: messages[cid] for cid in cids})
             replies = self.judge(phase, rnd, messages, received)
             self.require_quorum(phase, rnd, len(cids), len(replies))
@@ -182,7 +182,7 @@ class Simulator:
                 continue
             if isinstance(reply, Message):
                 try:
-                    st.bytes_up[cid] = st.bytes_up.get(cid, 0) + reply.nbytes()
+                    st.bytes_up[cid] = st.bytes_up.get(cid, 0) + self.clients.nbytes(reply)
                 except (TypeError, ValueError, AttributeError):
                     pass  # unmeasurable garbage: validation below rejects it
             arrived[cid] = reply

@@ -1,0 +1,223 @@
+"""The ClientApp: one SuperNode = one client of the scenario.
+
+Which client a SuperNode is comes from its node config: ``client-id`` (a deployment,
+``adamodal flower supernode --client-id I``) or Flower's ``partition-id`` (a simulation with
+virtual SuperNodes). Where its data is comes from ``data-path``: for the built-in data sets
+that is the adamodal data cache (the folder ``adamodal data fetch`` fills); a data set whose
+clients each own a folder reads that client's folder from it instead.
+
+Flower rebuilds the ClientApp for every message, so anything kept between rounds (a method's
+personal parameters, ``ClientContext.state``) lives in Flower's ``context.state``; it is also
+saved on the site's disk after every round, because a resumed run is a new Flower run with an
+empty ``context.state``. The data
+are prepared deterministically from the run's config, the same way the simulator does, and
+kept in a per-process cache (Flower's simulation reuses its worker processes).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Message as FlowerMessage
+from flwr.clientapp import ClientApp
+
+from adamodal.engine.clients import ClientData, client_step, derive_seed, evaluate_client
+from adamodal.engine.tensors import Tensors
+from adamodal.errors import AdamodalError
+from adamodal.flower.app import CONFIG_KEY
+from adamodal.flower.records import control_of, eval_to_records, from_records, to_records
+from adamodal.methods.base import ClientContext, Method
+
+STATE_KEY = "adamodal.state"
+
+app = ClientApp()
+
+
+@dataclass
+class ClientSide:
+    """What one client computes with: its data, the server-test views, and the method."""
+
+    cfg: Any
+    data: ClientData
+    method: Method
+    server_view: Tensors
+    server_tests: dict[str, Tensors] | None  # prepared on demand (see load_client)
+
+
+_CACHE: dict[tuple[str, str, int], ClientSide] = {}
+
+
+def client_id(node_config: dict[str, Any]) -> int:
+    """The scenario client this SuperNode plays (``client-id``, else ``partition-id``)."""
+    for key in ("client-id", "partition-id"):
+        if key in node_config:
+            return int(node_config[key])
+    raise AdamodalError("the SuperNode has no client-id in its node config "
+                        "(start it with `adamodal flower supernode --client-id I`)")
+
+
+def load_client(config_text: str, cid: int, data_path: str, cache_file: Path | None = None) -> ClientSide:
+    """Prepare client ``cid`` exactly as the simulator would (same config, same seeds).
+
+    In a deployment every message starts a fresh ClientApp process, so the prepared tensors
+    are also kept in ``cache_file`` (one per run and node, in the temp folder) and loaded
+    from there by the run's later messages instead of being prepared again."""
+    key = (config_text, data_path, cid)
+    if key in _CACHE:
+        return _CACHE[key]
+    from adamodal.config import resolve
+    from adamodal.methods import get_method_class
+
+    if data_path:
+        # built-in data sets: the data path is this site's adamodal data cache
+        os.environ["ADAMODAL_CACHE"] = data_path
+    cfg = resolve(tomllib.loads(config_text))
+    saved = _read_cache(cache_file, key)
+    if saved is None:
+        prepared = _prepare(cfg, cid)
+        saved = prepared
+        # the server's whole test set is needed only at the last round of methods without a
+        # server model: it is not cached (it would be most of the file)
+        _write_cache(cache_file, key, prepared[:4] + (None,))
+    elif int(cfg["threads"]) > 0:
+        torch.set_num_threads(int(cfg["threads"]))  # what prepare() does
+    data, spec, infos, server_view, server_tests = saved
+    method = get_method_class(cfg["method"])(cfg, spec, infos)
+    side = ClientSide(cfg, data, method, server_view, server_tests)
+    _CACHE.clear()  # one client per process at a time: memory O(one client)
+    _CACHE[key] = side
+    return side
+
+
+def _prepare(cfg: Any, cid: int) -> tuple:
+    from adamodal.engine.simulator import prepare
+
+    exp = prepare(cfg, progress=False)
+    by_cid = {c.cid: c for c in exp.clients}
+    if cid not in by_cid:
+        raise AdamodalError(f"client-id {cid} is not in the scenario (clients 0..{len(exp.clients) - 1})")
+    return by_cid[cid], exp.spec, exp.infos(), exp.test_as_client[cid], exp.test
+
+
+def _read_cache(path: Path | None, key: tuple) -> tuple | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=False)
+    except Exception:  # noqa: BLE001 - a torn or foreign file is just a cache miss
+        return None
+    if payload.get("key") != key:
+        return None
+    return payload["value"]
+
+
+def _write_cache(path: Path | None, key: tuple, value: tuple) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob("*.pt"):  # runs long finished
+        if time.time() - old.stat().st_mtime > 3 * 3600:
+            old.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"key": key, "value": value}, tmp)
+    os.replace(tmp, path)
+
+
+def _side(context: Context) -> ClientSide:
+    cache = Path(tempfile.gettempdir()) / "adamodal-flower" / f"run{context.run_id}-node{context.node_id}.pt"
+    return load_client(str(context.run_config[CONFIG_KEY]), client_id(context.node_config),
+                       str(context.node_config.get("data-path", "")), cache)
+
+
+def _state_dir(side: ClientSide, context: Context) -> Path:
+    """Where this site keeps its client state between runs: its own disk (the data cache),
+    keyed by the run's config and run folder, so ``--resume`` finds it after a crash."""
+    from adamodal.cache import cache_dir, content_hash
+
+    key = content_hash(str(context.run_config[CONFIG_KEY]), str(context.run_config.get("out-dir", "")))
+    root = Path(str(context.node_config["state-path"])) if "state-path" in context.node_config else cache_dir() / "flower-state"
+    return root / f"{key}-client{side.data.cid}"
+
+
+def _restore(folder: Path, upto: int) -> dict[str, np.ndarray]:
+    """The state after the last round <= ``upto`` this client took part in ({} if none)."""
+    rounds = sorted(int(p.stem[5:]) for p in folder.glob("round*.pt") if p.stem[5:].isdigit())
+    rounds = [r for r in rounds if r <= upto]
+    if not rounds:
+        return {}
+    saved = torch.load(folder / f"round{rounds[-1]}.pt", weights_only=True)
+    return {k: v.numpy() for k, v in saved.items()}
+
+
+def _persist(folder: Path, rnd: int, state: dict[str, np.ndarray]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"round{rnd}.pt.tmp"
+    torch.save({k: torch.from_numpy(np.asarray(v, order="C")) for k, v in state.items()}, tmp)
+    os.replace(tmp, folder / f"round{rnd}.pt")
+    for old in folder.glob("round*.pt"):  # the last few rounds are enough to resume
+        if old.stem[5:].isdigit() and int(old.stem[5:]) < rnd - 2:
+            old.unlink(missing_ok=True)
+
+
+def _context(side: ClientSide, context: Context, seed: int, resume_upto: int) -> ClientContext:
+    """The client's context; its state from Flower's ``context.state`` or, in the first message
+    of a resumed run, from the state this site saved in the run it continues."""
+    d = side.data
+    if STATE_KEY in context.state.array_records:
+        state = {k: a.numpy() for k, a in context.state.array_records[STATE_KEY].items()}
+    elif context.run_config.get("resume", False):
+        state = _restore(_state_dir(side, context), resume_upto)
+    else:
+        state = {}
+    return ClientContext(cid=d.cid, group=d.group, modalities=d.modalities, train=d.train, val=d.val,
+                         test=d.test, spec=side.method.spec, cfg=side.cfg, seed=seed,
+                         device=side.method.device, state=state)
+
+
+def _save_state(side: ClientSide, ctx: ClientContext, context: Context, rnd: int) -> None:
+    context.state[STATE_KEY] = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in ctx.state.items()})
+    _persist(_state_dir(side, context), rnd, ctx.state)
+
+
+@app.query()
+def describe(msg: FlowerMessage, context: Context) -> FlowerMessage:
+    """Tell the server which client this SuperNode is (and check its data loads)."""
+    side = _side(context)
+    d = side.data
+    return FlowerMessage(RecordDict({"client": ConfigRecord({
+        "cid": d.cid, "group": d.group, "num_train": len(d.train), "modalities": ",".join(d.modalities),
+    })}), reply_to=msg)
+
+
+@app.train()
+def train(msg: FlowerMessage, context: Context) -> FlowerMessage:
+    """One phase of one round: the engine's :func:`client_step` with the in-process seed."""
+    side = _side(context)
+    ctl = control_of(msg.content)
+    rnd, p_idx, phase = int(ctl["round"]), int(ctl["phase_index"]), str(ctl["phase"])
+    ctx = _context(side, context, derive_seed(side.cfg["seed"], rnd, side.data.cid, p_idx), rnd - 1)
+    reply = client_step(side.method, phase, rnd, ctx, from_records(msg.content))
+    _save_state(side, ctx, context, rnd)
+    return FlowerMessage(to_records(reply), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: FlowerMessage, context: Context) -> FlowerMessage:
+    """Score this client's model on its test split and on the server test view."""
+    side = _side(context)
+    ctl = control_of(msg.content)
+    ctx = _context(side, context, 0, int(ctl["round"]))
+    if ctl.get("server_tests") and side.server_tests is None:
+        side.server_tests = _prepare(side.cfg, side.data.cid)[4]
+    ev = evaluate_client(side.method, ctx, from_records(msg.content), side.server_view,
+                         side.server_tests if ctl.get("server_tests") else None)
+    return FlowerMessage(eval_to_records(ev), reply_to=msg)

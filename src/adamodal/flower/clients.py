@@ -1,0 +1,174 @@
+"""The server's view of the SuperNodes: the engine's :class:`Clients` over a Flower Grid.
+
+Each phase is one ``grid.send_and_receive``. A SuperNode that answers with an error, does
+not answer within ``timeout`` seconds, or is offline becomes a
+:class:`~adamodal.engine.clients.ClientFailure` (the server loop records it in ``dropped``);
+when fewer than ``min_clients`` replies arrive the run stops with :class:`TooFewClients`,
+leaving the previous round's checkpoint to resume from.
+
+Which SuperNode plays which client is learned by asking each node (a ``query`` message);
+a site whose SuperNode restarts (a new node id) is picked up again at the next phase.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import ConfigRecord, RecordDict
+from flwr.app import Message as FlowerMessage
+from flwr.serverapp import Grid
+
+from adamodal.engine.clients import ClientEval, ClientFailure, Clients
+from adamodal.errors import AdamodalError
+from adamodal.flower.records import eval_from_records, from_records, records_nbytes, to_records
+from adamodal.methods.base import ClientInfo, Message
+
+
+class TooFewClients(AdamodalError):
+    """Fewer than ``min_clients`` clients could take part: the run cannot go on."""
+
+
+class _Received(Message):
+    """A reply with its size as received (bytes counted from the Flower records)."""
+
+    wire_nbytes: int = 0
+
+    def nbytes(self) -> int:
+        return self.wire_nbytes
+
+
+def _failure(reply: FlowerMessage) -> str:
+    err = reply.error
+    return f"client error {err.code}: {err.reason}"
+
+
+class FlowerClients(Clients):
+    """Clients on SuperNodes, reached through ``grid``; ``infos`` is the server's scenario."""
+
+    def __init__(self, grid: Grid, infos: list[ClientInfo], *, timeout: float, min_clients: int,
+                 log: Callable[[str], None] = print) -> None:
+        self.grid = grid
+        self.infos = {c.cid: c for c in infos}
+        self.timeout = float(timeout)
+        self.min_clients = int(min_clients)
+        self.log = log
+        self.nodes: dict[int, int] = {}  # cid -> node id
+        self.asked: set[int] = set()  # node ids already asked who they are
+        self.refused: dict[int, str] = {}  # node id -> why it was not accepted
+
+    # ---- which node is which client ---------------------------------------------------
+    def discover(self, wait_s: float = 0.0) -> dict[int, int]:
+        """Ask every new SuperNode which client it is, for up to ``wait_s`` seconds until
+        every client of the scenario has one."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            online = set(self.grid.get_node_ids())
+            new = sorted(online - self.asked)
+            if new:
+                self._ask(new, online)
+            if len(self.nodes) == len(self.infos) or time.monotonic() >= deadline:
+                return self.nodes
+            time.sleep(0.5)
+
+    def _ask(self, node_ids: list[int], online: set[int]) -> None:
+        msgs = [FlowerMessage(RecordDict({"hello": ConfigRecord({})}), dst_node_id=n, message_type="query")
+                for n in node_ids]
+        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
+        for n in node_ids:
+            self.asked.add(n)
+            reply = replies.get(n)
+            if reply is None:
+                self.asked.discard(n)  # ask again next time
+                continue
+            if reply.has_error():
+                self.refused[n] = _failure(reply)
+                self.log(f"SuperNode {n} refused: {self.refused[n]}")
+                continue
+            c = reply.content.config_records["client"]
+            cid, group, num_train = int(c["cid"]), str(c["group"]), int(c["num_train"])
+            info = self.infos.get(cid)
+            if info is None or info.group != group or info.num_train != num_train:
+                expected = "not in the scenario" if info is None else f"{info.group} with {info.num_train} training samples"
+                raise AdamodalError(
+                    f"SuperNode {n} says it is client {cid} ({group}, {num_train} training samples) but the "
+                    f"server's scenario has client {cid} {expected}: the site's data or config differ from the server's")
+            old = self.nodes.get(cid)
+            if old is not None and old != n and old in online:
+                raise AdamodalError(f"two SuperNodes ({old} and {n}) both claim client {cid}; "
+                                    f"give each site its own --client-id")
+            self.nodes[cid] = n
+            self.log(f"client {cid} ({group}) is SuperNode {n}")
+
+    # ---- the Clients interface ---------------------------------------------------------
+    def nbytes(self, msg: Message) -> int:
+        return msg.nbytes() if isinstance(msg, _Received) else records_nbytes(to_records(msg))
+
+    def _exchange(self, out: dict[int, RecordDict], message_type: str, rnd: int) -> dict[int, FlowerMessage | str]:
+        """Send one message per client; a reply, or why there is none, per client."""
+        if len(self.nodes) < len(self.infos):
+            self.discover()  # a site may have (re)started its SuperNode
+        online = set(self.grid.get_node_ids())
+        result: dict[int, FlowerMessage | str] = {}
+        msgs = []
+        for cid, content in out.items():
+            node = self.nodes.get(cid)
+            if node is None:
+                result[cid] = "no SuperNode has joined for this client"
+            elif node not in online:
+                result[cid] = f"SuperNode {node} is offline"
+            else:
+                msgs.append(FlowerMessage(content, dst_node_id=node, message_type=message_type, group_id=str(rnd)))
+        by_node = {self.nodes[cid]: cid for cid in out if cid in self.nodes}
+        for reply in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            cid = by_node.get(reply.metadata.src_node_id)
+            if cid is not None:
+                result[cid] = reply
+        for m in msgs:
+            cid = by_node[m.metadata.dst_node_id]
+            result.setdefault(cid, f"no reply within {self.timeout:g} s")
+        return result
+
+    def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
+        control = {"phase": phase, "round": rnd, "phase_index": p_idx}
+        out = {cid: to_records(m, control) for cid, m in messages.items()}
+        replies: dict[int, Message | ClientFailure] = {}
+        for cid, reply in self._exchange(out, "train", rnd).items():
+            if isinstance(reply, str):
+                replies[cid] = ClientFailure(reply)
+            elif reply.has_error():
+                replies[cid] = ClientFailure(_failure(reply))
+            else:
+                try:
+                    m = from_records(reply.content)
+                except AdamodalError as exc:
+                    replies[cid] = ClientFailure(str(exc))
+                    continue
+                received = _Received(m.arrays, m.scalars)
+                received.wire_nbytes = records_nbytes(reply.content)
+                replies[cid] = received
+        failed = {cid: r.reason for cid, r in replies.items() if isinstance(r, ClientFailure)}
+        for cid, reason in sorted(failed.items()):
+            self.log(f"round {rnd} {phase}: client {cid} dropped ({reason})")
+        ok = len(replies) - len(failed)
+        if failed and ok < self.min_clients:
+            why = "; ".join(f"client {c}: {r}" for c, r in sorted(failed.items()))
+            raise TooFewClients(
+                f"round {rnd} ({phase}): only {ok} of {len(replies)} clients replied, fewer than "
+                f"min_clients={self.min_clients} ({why})")
+        return replies
+
+    def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
+        out = {cid: to_records(m, {"round": rnd, "server_tests": server_tests}) for cid, m in messages.items()}
+        evals: dict[int, ClientEval] = {}
+        for cid, reply in sorted(self._exchange(out, "evaluate", rnd).items()):
+            if isinstance(reply, str) or reply.has_error():
+                self.log(f"round {rnd} evaluate: client {cid} not evaluated "
+                         f"({reply if isinstance(reply, str) else _failure(reply)})")
+                continue
+            evals[cid] = eval_from_records(reply.content)
+        return evals
+
+    def state(self) -> dict[int, dict[str, Any]]:
+        return {}  # client state stays on the SuperNodes

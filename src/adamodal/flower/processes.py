@@ -1,0 +1,207 @@
+"""Starting Flower's SuperLink and SuperNodes, and submitting a run and waiting for it.
+
+These wrap Flower's own executables (``flower-superlink``, ``flower-supernode``, ``flwr``)
+with the flags a consortium needs: TLS from one certificates folder (or ``--insecure``, only
+when asked for), the client id and data folder of a site, runtime dependency installation
+off (sites are offline). A submitted run is judged by its status on the SuperLink
+(``finished:completed``), never by ``flwr run``'s exit code, which is 0 even for a run that
+fails later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from adamodal.config import Config
+from adamodal.errors import AdamodalError, ConfigError
+from adamodal.flower.app import DEFAULT_TIMEOUT, DEFAULT_WAIT, write_app
+
+#: certificate file names inside a ``--certificates`` folder (written by ``adamodal flower certs``)
+CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.crt", "server.key"
+DEFAULT_SUPERLINK_PORT = 9092
+DEFAULT_NODE_PORT = 9200  # a SuperNode's local runtime API: 9200 + client id
+CONNECTION = "adamodal"
+
+
+def executable(name: str) -> str:
+    """A Flower executable from this Python's environment (so the versions match)."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
+    """The environment Flower's processes run in: offline, this environment's executables
+    first on PATH (the SuperLink and SuperNodes start ``flwr-serverapp``/``flwr-clientapp``)."""
+    env = dict(os.environ)
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def check_security(certificates: Path | None, insecure: bool) -> None:
+    """TLS unless insecure mode is asked for explicitly; never both, never neither."""
+    if certificates is not None and insecure:
+        raise ConfigError("pass either --certificates DIR or --insecure, not both")
+    if certificates is None and not insecure:
+        raise ConfigError("pass --certificates DIR (TLS; make them with `adamodal flower certs DIR`) "
+                          "or --insecure to run without encryption (testing only)")
+
+
+def _cert(certificates: Path, name: str) -> str:
+    path = Path(certificates) / name
+    if not path.is_file():
+        raise ConfigError(f"{path}: certificate file not found (make the folder with `adamodal flower certs`)")
+    return str(path)
+
+
+def superlink_command(*, host: str, port: int, certificates: Path | None, insecure: bool,
+                      simulation: bool = False, database: Path | None = None) -> list[str]:
+    check_security(certificates, insecure)
+    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
+           "--disable-runtime-dependency-installation"]
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        assert certificates is not None
+        cmd += ["--ssl-ca-certfile", _cert(certificates, CA_CERT), "--ssl-certfile", _cert(certificates, SERVER_CERT),
+                "--ssl-keyfile", _cert(certificates, SERVER_KEY)]
+    if simulation:
+        cmd.append("--simulation")
+    if database is not None:
+        cmd += ["--database", str(database)]
+    return cmd
+
+
+def supernode_command(*, superlink: str, client_id: int, data: Path | None, certificates: Path | None,
+                      insecure: bool, port: int | None = None, state: Path | None = None) -> list[str]:
+    check_security(certificates, insecure)
+    node_config = f"client-id={int(client_id)}"
+    if data is not None:
+        if not Path(data).exists():
+            raise ConfigError(f"--data {data}: no such folder")
+        node_config += " data-path=" + json.dumps(str(Path(data).resolve()))
+    if state is not None:
+        node_config += " state-path=" + json.dumps(str(Path(state).resolve()))
+    cmd = [executable("flower-supernode"), "--superlink", superlink, "--node-config", node_config,
+           "--port", str(port if port is not None else DEFAULT_NODE_PORT + int(client_id))]
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        assert certificates is not None
+        cmd += ["--root-certificates", _cert(certificates, CA_CERT)]
+    return cmd
+
+
+def write_flower_home(home: Path, superlink: str, certificates: Path | None, insecure: bool) -> Path:
+    """A Flower config with one SuperLink connection, so ``flwr`` never touches ``~/.flwr``."""
+    check_security(certificates, insecure)
+    conn: dict[str, object] = {"address": superlink}
+    if insecure:
+        conn["insecure"] = True
+    else:
+        assert certificates is not None
+        conn["root-certificates"] = str(Path(_cert(certificates, CA_CERT)).resolve())
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
+    return home
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    status: str  # e.g. "finished:completed", "finished:failed"
+    details: str
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def _flwr(args: list[str], env: dict[str, str], cwd: Path) -> dict:
+    proc = subprocess.run([executable("flwr"), *args, "--format", "json"], env=env, cwd=cwd,
+                          capture_output=True, text=True)
+    text = proc.stdout.strip()
+    try:
+        payload = json.loads(text[text.index("{"):]) if "{" in text else {}
+    except ValueError:
+        payload = {}
+    if proc.returncode != 0 or not payload.get("success", False):
+        reason = payload.get("error-message") or (proc.stderr.strip() or text or "no output").splitlines()[-1]
+        raise AdamodalError(f"flwr {args[0]} failed: {reason}")
+    return payload
+
+
+def submit(cfg: Config, out: Path, *, superlink: str, certificates: Path | None, insecure: bool,
+           simulation: bool = False, resume: bool = False, force: bool = False,
+           timeout: float = DEFAULT_TIMEOUT, wait: float = DEFAULT_WAIT, poll_s: float = 2.0,
+           log: Callable[[str], None] = print) -> RunResult:
+    """Submit one run to the SuperLink at ``superlink`` and wait for it to finish."""
+    check_security(certificates, insecure)
+    with tempfile.TemporaryDirectory(prefix="adamodal-flwr-") as tmp:
+        home = write_flower_home(Path(tmp) / "home", superlink, certificates, insecure)
+        env = flower_env(home)
+        app_dir = write_app(Path(tmp) / "app", cfg, out, resume=resume, force=force, timeout=timeout, wait=wait)
+        args = ["run", str(app_dir), CONNECTION]
+        if simulation:
+            n = int(cfg["clients.multimodal"]) + int(cfg["clients.image_only"]) + int(cfg["clients.text_only"])
+            args += ["--federation-config", f"num-supernodes={n} client-resources-num-cpus=1"]
+        t0 = time.monotonic()
+        started = _flwr(args, env, Path(tmp))
+        run_id = int(started["run-id"])
+        log(f"run {run_id} submitted to {superlink}; waiting for it to finish")
+        return wait_for_run(run_id, superlink, certificates, insecure, home, t0=t0, poll_s=poll_s, log=log)
+
+
+def wait_for_run(run_id: int, superlink: str, certificates: Path | None, insecure: bool, home: Path, *,
+                 t0: float, poll_s: float = 2.0, log: Callable[[str], None] = print) -> RunResult:
+    """Poll the run's status through the SuperLink's Control API until it has finished.
+
+    In process (Flower's own Control API client) rather than by ``flwr ls`` every few
+    seconds: one ``flwr`` start-up costs seconds of CPU that the clients need."""
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.cli.utils import init_http_client_from_connection
+    from flwr.common.serde import run_from_proto
+    from flwr.proto.control_pb2 import ListRunsRequest
+
+    old_home = os.environ.get("FLWR_HOME")
+    os.environ["FLWR_HOME"] = str(home)  # Flower's client reads its settings from there
+    try:
+        conn = SuperLinkConnection(
+            name=CONNECTION, address=superlink, insecure=insecure,
+            root_certificates=None if certificates is None else str(Path(certificates, CA_CERT).resolve()))
+        client = init_http_client_from_connection(conn)
+        try:
+            last = ""
+            while True:
+                time.sleep(poll_s)
+                res = client.ListRuns(ListRunsRequest(run_id=run_id))
+                run = run_from_proto(res.run_dict[run_id])
+                st = run.status
+                status = f"{st.status}:{st.sub_status}" if st.sub_status else st.status
+                if status != last:
+                    log(f"run {run_id}: {status}")
+                    last = status
+                if st.status == "finished":
+                    return RunResult(run_id, status, st.details, time.monotonic() - t0)
+        finally:
+            client.close()
+    finally:
+        if old_home is None:
+            os.environ.pop("FLWR_HOME", None)
+        else:
+            os.environ["FLWR_HOME"] = old_home
