@@ -86,7 +86,7 @@ def test_fmkt_never_builds_a_global_model(fmnist_experiment, tmp_path):
     summary = sim.run()
     assert sim.method.global_model() is None
     assert summary["test"]["image"]["accuracy"] > 0  # scored with every peer's own model
-    states = sim.state.client_states
+    states = sim.clients.state()
     # every peer keeps its own model: no two are equal (an average would make them so)
     w = [states[c]["classifier.weight"] for c in sorted(states)]
     assert len(w) == 5 and all(not np.allclose(w[i], w[j]) for i in range(5) for j in range(i + 1, 5))

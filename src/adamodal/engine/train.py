@@ -52,6 +52,26 @@ def forward(model: nn.Module, batch: Tensors) -> torch.Tensor:
     return model(batch.x_img, batch.x_txt, batch.m_img, batch.m_txt)
 
 
+def minibatch_epochs(
+    n: int, epochs: int, batch_size: int, opt: torch.optim.Optimizer,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator | None = None,
+) -> float:
+    """The mini-batch loop every local trainer shares: each epoch draws a fresh order of the
+    ``n`` rows from ``generator``, and each batch of row indices gets one optimizer step on
+    ``batch_loss(rows)``. Returns the mean loss (NaN when nothing was trained)."""
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            loss = batch_loss(order[start:start + batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+    return total / steps if steps else float("nan")
+
+
 def train_epochs(
     model: nn.Module,
     data: Tensors,
@@ -73,23 +93,15 @@ def train_epochs(
         return float("nan")
     model.train()
     opt = optimizer or make_optimizer(model.parameters(), cfg)
-    bs = int(cfg["batch_size"])
     data = data.to(device)
-    total, steps = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), bs):
-            batch = data.subset(order[start:start + bs])
-            logits = forward(model, batch)
-            loss = task_loss(logits, batch.y, task)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, batch, logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            steps += 1
-    return total / max(steps, 1)
+
+    def batch_loss(rows: torch.Tensor) -> torch.Tensor:
+        batch = data.subset(rows)
+        logits = forward(model, batch)
+        loss = task_loss(logits, batch.y, task)
+        return loss if extra_loss is None else loss + extra_loss(model, batch, logits)
+
+    return minibatch_epochs(len(data), epochs, int(cfg["batch_size"]), opt, batch_loss, generator)
 
 
 @torch.inference_mode()

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adamodal.cache import cache_dir
-from adamodal.engine.train import make_optimizer
+from adamodal.engine.train import make_optimizer, minibatch_epochs
 from adamodal.errors import ConfigError
 from adamodal.methods.base import (
     ClientContext,
@@ -227,20 +227,13 @@ class FedCLIP(Method):
         if x is None or len(y) == 0:
             return float("nan")
         model.train()
-        opt = make_optimizer(model.parameters(), cfg)
-        bs = int(cfg["batch_size"])
-        total, steps = 0.0, 0
-        for _ in range(int(cfg["local_epochs"])):
-            order = torch.randperm(len(y), generator=generator)
-            for start in range(0, len(y), bs):
-                rows = order[start:start + bs].to(x.device)
-                loss = contrastive_loss(model.embed_image(x[rows].float()), y[rows], model.prompts, model.scale)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
-        return total / max(steps, 1)
+
+        def batch_loss(rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(x.device)
+            return contrastive_loss(model.embed_image(x[rows].float()), y[rows], model.prompts, model.scale)
+
+        return minibatch_epochs(len(y), int(cfg["local_epochs"]), int(cfg["batch_size"]),
+                                make_optimizer(model.parameters(), cfg), batch_loss, generator)
 
     def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
         return load_arrays(self.model(), msg.arrays)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from adamodal.engine.train import make_optimizer, task_loss
+from adamodal.engine.train import make_optimizer, minibatch_epochs, task_loss
 from adamodal.errors import ConfigError
 from adamodal.methods.base import (
     ClientContext,
@@ -355,30 +355,23 @@ class FedCola(Method):
         if len(data) == 0:
             return float("nan")
         cfg = ctx.cfg
-        opt = make_optimizer(module.parameters(), cfg)
-        bs, epochs = int(cfg["batch_size"]), int(cfg["local_epochs"])
         weight, temp = float(cfg["fedcola.contrastive"]), float(cfg["fedcola.temperature"])
         mu = float(cfg["fedcola.mu"])
-        generator = ctx.generator
         module.train()
-        total, steps = 0.0, 0
-        for _ in range(epochs):
-            order = torch.randperm(len(data), generator=generator)
-            for start in range(0, len(data), bs):
-                batch = data.subset(order[start:start + bs])
-                logits, zi, zt = module(batch.x_img, batch.x_txt, batch.m_img, batch.m_txt, return_pairs=True)
-                loss = task_loss(logits, batch.y, ctx.spec.task)
-                if zi is not None and len(zi) > 1 and weight > 0:
-                    loss = loss + weight * info_nce(zi, zt, temp)
-                if anchors is not None:
-                    params = dict(net.named_parameters())
-                    loss = loss + 0.5 * mu * torch.stack([((params[n] - a) ** 2).sum() for n, a in anchors.items()]).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
-        return total / max(steps, 1)
+
+        def batch_loss(rows: torch.Tensor) -> torch.Tensor:
+            batch = data.subset(rows)
+            logits, zi, zt = module(batch.x_img, batch.x_txt, batch.m_img, batch.m_txt, return_pairs=True)
+            loss = task_loss(logits, batch.y, ctx.spec.task)
+            if zi is not None and len(zi) > 1 and weight > 0:
+                loss = loss + weight * info_nce(zi, zt, temp)
+            if anchors is not None:
+                params = dict(net.named_parameters())
+                loss = loss + 0.5 * mu * torch.stack([((params[n] - a) ** 2).sum() for n, a in anchors.items()]).sum()
+            return loss
+
+        return minibatch_epochs(len(data), int(cfg["local_epochs"]), int(cfg["batch_size"]),
+                                make_optimizer(module.parameters(), cfg), batch_loss, ctx.generator)
 
     def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
         return load_arrays(self.model(), msg.arrays)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import forward, make_optimizer, train_epochs
+from adamodal.engine.train import forward, make_optimizer, minibatch_epochs, train_epochs
 from adamodal.errors import ConfigError
 from adamodal.methods.base import (
     ClientContext,
@@ -265,20 +265,13 @@ class FMKT(Method):
         if len(data) == 0 or epochs == 0:
             return float("nan")
         student.train()
-        opt = make_optimizer(student.parameters(), cfg)
-        bs = int(cfg["batch_size"])
         data = data.to(self.device)
-        total, steps = 0.0, 0
-        for _ in range(epochs):
-            order = torch.randperm(len(data), generator=generator)
-            for start in range(0, len(data), bs):
-                loss, _ = self.distill_loss(student, teachers, data.subset(order[start:start + bs]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
-        return total / max(steps, 1)
+
+        def batch_loss(rows: torch.Tensor) -> torch.Tensor:
+            return self.distill_loss(student, teachers, data.subset(rows))[0]
+
+        return minibatch_epochs(len(data), epochs, int(cfg["batch_size"]),
+                                make_optimizer(student.parameters(), cfg), batch_loss, generator)
 
     def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
         return self.own_model(ctx)
