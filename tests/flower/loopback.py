@@ -25,14 +25,22 @@ class LoopbackGrid:
     def get_node_ids(self):
         return list(self.contexts)
 
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
-        for i, m in enumerate(messages):
+    def push_messages(self, messages):
+        """Deliver at once; the replies wait for :meth:`pull_messages`."""
+        self.replies = getattr(self, "replies", {})
+        self.count = getattr(self, "count", 0)
+        ids = []
+        for m in messages:
             node = m.metadata.dst_node_id
+            self.count += 1
+            m.metadata.__dict__["_message_id"] = f"{node}-{self.count}"
+            ids.append(m.metadata.message_id)
             if m.metadata.group_id and int(m.metadata.group_id) >= self.dies.get(node, 10**9):
-                continue
-            m.metadata.__dict__["_message_id"] = f"{node}-{i}"
+                continue  # a dead node never answers
             reply = HANDLERS[m.metadata.message_type](m, self.contexts[node])
             reply.metadata.__dict__["_src_node_id"] = node
-            replies.append(reply)
-        return replies
+            self.replies[m.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]

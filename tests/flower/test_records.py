@@ -102,6 +102,14 @@ class FakeGrid:
             out.append(reply)
         return out
 
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.pending = {r.metadata.reply_to_message_id: r for r in self.send_and_receive(messages)}
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids):
+        return [self.pending.pop(i) for i in list(message_ids) if i in self.pending]
+
 
 INFOS = [ClientInfo(c, "multimodal", ("image", "text"), 5) for c in range(3)]
 
