@@ -41,8 +41,9 @@ def experiment_for(small_experiment):
         if "features" in get_method_class(method).input_kinds:
             return with_config(small_experiment, method=method, **overrides)
         if not raw:
-            raw.append(prepare(resolve({}, {**SMALL, "towers": "small"}), progress=False))
-        return with_config(raw[0], method=method, towers="small", **overrides)
+            # raw inputs train whole towers: a quarter of the items keeps these tests quick
+            raw.append(prepare(resolve({}, {**SMALL, "towers": "small", "data.max_items": 400}), progress=False))
+        return with_config(raw[0], method=method, towers="small", data__max_items=400, **overrides)
 
     return get
 
