@@ -3,6 +3,8 @@ against a fake Grid, command lines, certificates."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, RecordDict
@@ -138,6 +140,20 @@ def test_silent_and_failing_clients_are_dropped_with_a_reason():
     assert isinstance(replies[2], ClientFailure) and "boom" in replies[2].reason
 
 
+def test_a_node_silent_in_a_round_is_not_waited_for_again_until_the_next_round():
+    grid = FakeGrid()
+    fc = _clients(grid, min_clients=1)
+    grid.silent = {11}
+    fc.step("train", 2, 0, {c: Message() for c in range(3)})
+    sent = len(grid.sent)
+    later = fc.step("train", 2, 1, {c: Message() for c in range(3)})
+    assert len(grid.sent) == sent + 2  # node 11 got nothing in the rest of round 2
+    assert "did not reply earlier in round 2" in later[1].reason
+    grid.silent = set()  # back in round 3
+    assert all(isinstance(r, Message) for r in fc.step("train", 3, 0, {c: Message() for c in range(3)}).values())
+    assert fc.silent == {}
+
+
 def test_too_few_replies_stop_the_run():
     grid = FakeGrid()
     fc = _clients(grid, min_clients=3)
@@ -198,3 +214,16 @@ def test_app_folder_is_a_valid_flower_app_carrying_the_config(tmp_path, capsys):
     cfg = resolve(tomllib.loads(run_config[CONFIG_KEY]))
     assert (cfg["rounds"], cfg["method"]) == (3, "adamodal")
     assert run_config["out-dir"] == str((tmp_path / "run").resolve())
+
+
+def test_a_supernode_runs_its_clientapp_warm_unless_asked_otherwise(tmp_path):
+    warm = supernode_command(superlink="h:1", client_id=2, data=None, certificates=None, insecure=True, port=9301)
+    assert warm[1:3] == ["-m", "adamodal.flower.warm"]
+    assert warm[warm.index("--runtime-api-address") + 1] == "127.0.0.1:9301"
+    flower = warm[warm.index("--") + 1:]
+    assert Path(flower[0]).name == "flower-supernode" and "--isolation" not in flower  # added when started
+    per_message = supernode_command(superlink="h:1", client_id=2, data=None, certificates=None, insecure=True,
+                                    port=9301, clientapp="per-message")
+    assert per_message == flower
+    with pytest.raises(ConfigError, match="--clientapp cold"):
+        supernode_command(superlink="h:1", client_id=2, data=None, certificates=None, insecure=True, clientapp="cold")

@@ -52,7 +52,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
 
     return _exec(supernode_command(superlink=args.superlink, client_id=args.client_id, data=args.data,
                                    certificates=args.certificates, insecure=args.insecure, port=args.port,
-                                   state=args.state))
+                                   state=args.state, clientapp=args.clientapp))
 
 
 def cmd_flower_run(args: argparse.Namespace, resolve_args: Callable[[argparse.Namespace], Any]) -> int:
@@ -111,7 +111,7 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
                       resolve_args: Callable[[argparse.Namespace], Any]) -> None:
     """Register ``adamodal flower`` and its subcommands on the top-level subparsers."""
     from adamodal.flower.app import DEFAULT_TIMEOUT, DEFAULT_WAIT
-    from adamodal.flower.processes import DEFAULT_NODE_PORT, DEFAULT_SUPERLINK_PORT
+    from adamodal.flower.processes import CLIENTAPP_MODES, DEFAULT_NODE_PORT, DEFAULT_SUPERLINK_PORT
 
     f = sub.add_parser("flower", help="run on Flower: certificates, SuperLink, SuperNodes, submit a run",
                        description="Deploy a run with Flower: one SuperLink (the server), one SuperNode per "
@@ -149,6 +149,10 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
                     help="the SuperLink's address (default %(default)s)")
     sn.add_argument("--port", type=int,
                     help=f"local port of the SuperNode's runtime API (default {DEFAULT_NODE_PORT} + client id)")
+    sn.add_argument("--clientapp", choices=CLIENTAPP_MODES, default="warm",
+                    help="warm (default): one long-lived process runs this site's ClientApp messages, "
+                         "keeping imports and the prepared data; per-message: Flower's own way, a new "
+                         "process for every message (seconds of CPU each)")
     _security(sn)
     sn.set_defaults(func=cmd_supernode)
 

@@ -9,6 +9,11 @@ leaving the previous round's checkpoint to resume from.
 
 Which SuperNode plays which client is learned by asking each node (a ``query`` message);
 a site whose SuperNode restarts (a new node id) is picked up again at the next phase.
+
+A SuperNode that let a phase's deadline pass is not waited for again in the same round (its
+later phases count as dropped at once), and is asked again from the next round: a site that
+went down costs one ``timeout`` per round, not one per phase, until the SuperLink notices
+it is offline (Flower: about a minute without heartbeats).
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ class _Received(Message):
 POLL_S = 0.2
 
 
-def send_and_receive(grid: Grid, messages: list[FlowerMessage], timeout: float, poll_s: float = POLL_S) -> list[FlowerMessage]:
-    """Push ``messages``, then pull replies every ``poll_s`` until all came or ``timeout``."""
+def send_and_receive(grid: Grid, messages: list[FlowerMessage], timeout: float, poll_s: float = POLL_S,
+                     enough: Callable[[list[FlowerMessage]], bool] | None = None) -> list[FlowerMessage]:
+    """Push ``messages``, then pull replies every ``poll_s`` until all came, ``enough(replies)``
+    holds, or ``timeout``."""
     if not messages:
         return []
     pending = set(grid.push_messages(messages))
@@ -56,7 +63,7 @@ def send_and_receive(grid: Grid, messages: list[FlowerMessage], timeout: float, 
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending -= {m.metadata.reply_to_message_id for m in got}
-        if not pending or time.monotonic() >= deadline:
+        if not pending or time.monotonic() >= deadline or (enough is not None and got and enough(replies)):
             break
         time.sleep(poll_s)
     return replies
@@ -80,6 +87,7 @@ class FlowerClients(Clients):
         self.nodes: dict[int, int] = {}  # cid -> node id
         self.asked: set[int] = set()  # node ids already asked who they are
         self.refused: dict[int, str] = {}  # node id -> why it was not accepted
+        self.silent: dict[int, int] = {}  # node id -> the round in which it missed a deadline
 
     # ---- which node is which client ---------------------------------------------------
     def discover(self, wait_s: float = 0.0) -> dict[int, int]:
@@ -98,7 +106,17 @@ class FlowerClients(Clients):
     def _ask(self, node_ids: list[int], online: set[int]) -> None:
         msgs = [FlowerMessage(RecordDict({"hello": ConfigRecord({})}), dst_node_id=n, message_type="query")
                 for n in node_ids]
-        replies = {r.metadata.src_node_id: r for r in send_and_receive(self.grid, msgs, self.timeout)}
+
+        def every_client_answered(got: list[FlowerMessage]) -> bool:
+            # a node listed online may be a dead one the SuperLink has not noticed yet (a site
+            # restarted with a new node id): once every client has a node, stop waiting
+            claimed = {int(r.content.config_records["client"]["cid"]) for r in got
+                       if not r.has_error() and "client" in r.content.config_records}
+            known = {cid for cid, n in self.nodes.items() if n in online and n not in node_ids}
+            return set(self.infos) <= claimed | known
+
+        replies = {r.metadata.src_node_id: r
+                   for r in send_and_receive(self.grid, msgs, self.timeout, enough=every_client_answered)}
         for n in node_ids:
             self.asked.add(n)
             reply = replies.get(n)
@@ -141,6 +159,8 @@ class FlowerClients(Clients):
                 result[cid] = "no SuperNode has joined for this client"
             elif node not in online:
                 result[cid] = f"SuperNode {node} is offline"
+            elif self.silent.get(node) == rnd:
+                result[cid] = f"SuperNode {node} did not reply earlier in round {rnd}"
             else:
                 msgs.append(FlowerMessage(content, dst_node_id=node, message_type=message_type, group_id=str(rnd)))
         by_node = {self.nodes[cid]: cid for cid in out if cid in self.nodes}
@@ -148,9 +168,12 @@ class FlowerClients(Clients):
             cid = by_node.get(reply.metadata.src_node_id)
             if cid is not None:
                 result[cid] = reply
+                self.silent.pop(reply.metadata.src_node_id, None)
         for m in msgs:
             cid = by_node[m.metadata.dst_node_id]
-            result.setdefault(cid, f"no reply within {self.timeout:g} s")
+            if cid not in result:
+                result[cid] = f"no reply within {self.timeout:g} s"
+                self.silent[m.metadata.dst_node_id] = rnd
         return result
 
     def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:

@@ -45,6 +45,8 @@ class Consortium:
     root: Path
     certificates: Path | None = None
     simulation: bool = False
+    #: how SuperNodes run their ClientApp (see ``supernode_command``)
+    clientapp: str = "warm"
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -80,7 +82,7 @@ class Consortium:
             port = free_port()
             cmd = supernode_command(superlink=self.address, client_id=cid, data=data,
                                     certificates=self.certificates, insecure=self.insecure, port=port,
-                                    state=self.root / f"state{cid}")
+                                    state=self.root / f"state{cid}", clientapp=self.clientapp)
             started.append((cid, port, self._start(f"supernode{cid}", cmd)))
         for cid, port, proc in started:
             wait_port(port, proc, self.root / f"supernode{cid}.log", timeout=300)
@@ -100,8 +102,21 @@ class Consortium:
                 proc.wait()
 
     def stop(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
+        """Stop every process: all are asked at once, then waited for (each may take seconds
+        to shut down cleanly), and killed when one does not stop within 15 s."""
+        running = {n: p for n, p in self.procs.items() if p.poll() is None}
+        for proc in running.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        for proc in running.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def __enter__(self) -> Consortium:
         self.root.mkdir(parents=True, exist_ok=True)

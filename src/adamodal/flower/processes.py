@@ -31,6 +31,8 @@ CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.crt", "server.key"
 DEFAULT_SUPERLINK_PORT = 9092
 DEFAULT_NODE_PORT = 9200  # a SuperNode's local runtime API: 9200 + client id
 CONNECTION = "adamodal"
+#: how a SuperNode runs its ClientApp: one warm process, or Flower's process per message
+CLIENTAPP_MODES = ("warm", "per-message")
 
 
 def executable(name: str) -> str:
@@ -45,6 +47,9 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    # Flower's executors look for a new task every second by default: a second per run start
+    # (ServerApp) and per message (per-message ClientApps) that nobody computes in
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("HF_HUB_OFFLINE", "1")
     if flwr_home is not None:
@@ -87,8 +92,16 @@ def superlink_command(*, host: str, port: int, certificates: Path | None, insecu
 
 
 def supernode_command(*, superlink: str, client_id: int, data: Path | None, certificates: Path | None,
-                      insecure: bool, port: int | None = None, state: Path | None = None) -> list[str]:
+                      insecure: bool, port: int | None = None, state: Path | None = None,
+                      clientapp: str = "warm") -> list[str]:
+    """The command that starts one site's SuperNode.
+
+    ``clientapp="warm"`` (the default) runs the site's ClientApp messages in one long-lived
+    process (:mod:`adamodal.flower.warm`); ``"per-message"`` leaves it to Flower, which starts
+    a new ``flwr-clientapp`` process for every message (seconds of CPU each)."""
     check_security(certificates, insecure)
+    if clientapp not in CLIENTAPP_MODES:
+        raise ConfigError(f"--clientapp {clientapp}: expected one of {', '.join(CLIENTAPP_MODES)}")
     node_config = f"client-id={int(client_id)}"
     if data is not None:
         if not Path(data).exists():
@@ -103,6 +116,9 @@ def supernode_command(*, superlink: str, client_id: int, data: Path | None, cert
     else:
         assert certificates is not None
         cmd += ["--root-certificates", _cert(certificates, CA_CERT)]
+    if clientapp == "warm":
+        runtime_api = f"127.0.0.1:{port if port is not None else DEFAULT_NODE_PORT + int(client_id)}"
+        return [sys.executable, "-m", "adamodal.flower.warm", "--runtime-api-address", runtime_api, "--", *cmd]
     return cmd
 
 
