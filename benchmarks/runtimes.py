@@ -1,6 +1,8 @@
 """Wall time of one job under the three runtimes: the in-process simulator, Flower's
 simulation engine (``flwr run`` against a ``--simulation`` SuperLink, one virtual SuperNode per
-client) and a localhost deployment (a SuperLink and one SuperNode process per client).
+client) and a localhost deployment (a SuperLink and one SuperNode process per client), the
+deployment both with warm ClientApps (the default: one long-lived process per SuperNode) and
+with Flower's own per-message ClientApp processes.
 
     .venv/bin/python benchmarks/runtimes.py [--clients 20] [--rounds 5] [--method fedavg] [--out runs/bench-runtimes]
 
@@ -35,7 +37,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--method", default="fedavg")
     p.add_argument("--out", type=Path, default=Path("runs/bench-runtimes"))
-    p.add_argument("--skip", default="", help="comma-separated runtimes to skip: simulator,simulation,deployment")
+    p.add_argument("--skip", default="",
+                   help="comma-separated runtimes to skip: simulator,simulation,deployment,per-message")
     args = p.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     cfg = resolve({}, {**_scenario(args.clients), "rounds": args.rounds, "method": args.method})
@@ -61,15 +64,18 @@ def main() -> None:
                        simulation=True, force=True, poll_s=1.0, log=lambda s: None)
         assert r.ok, r
         record("flwr run simulation (Ray)", t0, args.out / "simulation")
-    if "deployment" not in skip:
+    for key, clientapp, label in (("deployment", "warm", "warm ClientApps"),
+                                  ("per-message", "per-message", "a ClientApp process per message")):
+        if key in skip:
+            continue
         t0 = time.perf_counter()
-        with Consortium(args.out / "deploy-procs") as c:
+        with Consortium(args.out / f"{key}-procs", clientapp=clientapp) as c:
             c.start_superlink()
             c.start_supernodes(list(range(args.clients)), data=cache_dir())
-            r = submit(cfg, args.out / "deployment", superlink=c.address, certificates=None, insecure=True,
+            r = submit(cfg, args.out / key, superlink=c.address, certificates=None, insecure=True,
                        force=True, poll_s=1.0, wait=600, timeout=1800, log=lambda s: None)
         assert r.ok, r
-        record(f"localhost deployment ({args.clients} SuperNodes)", t0, args.out / "deployment")
+        record(f"localhost deployment ({args.clients} SuperNodes, {label})", t0, args.out / key)
 
     lines = [f"# Runtimes: {args.method}, {args.clients} clients, {args.rounds} rounds, emoji default\n",
              "| runtime | total s | loop s | test macro-AUC (both) | bytes up |", "|---|---|---|---|---|"]

@@ -50,6 +50,8 @@ CORE_DEFAULTS: dict[str, Any] = {
     "domains.holdout": "",
     "eval.every": 1,
     "eval.max_rows": 2000,
+    # score a model once per test view it shares with other clients (the same numbers)
+    "eval.share_predictions": True,
     "threads": 1,
     "batch_clients": 0,
     # reliability: what the server accepts from clients (engine/validate.py)

@@ -10,6 +10,7 @@ algorithm code, the seeds and the evaluation are identical under both runtimes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from abc import ABC, abstractmethod
@@ -74,18 +75,84 @@ def client_step(method: Method, phase: str, rnd: int, ctx: ClientContext, msg: M
     return method.client_step(phase, rnd, ctx, msg)
 
 
+def model_fingerprint(model: torch.nn.Module, keep: list[object] | None = None) -> str:
+    """A digest of everything a model's predictions can depend on: its class, parameters and
+    buffers, and the plain attributes of each submodule (flags, unregistered tensors). An
+    attribute of any other type is taken by identity (and appended to ``keep``, so that its
+    id cannot be reused by another object while the digest is in use): two models are only
+    ever judged equal when they certainly predict the same."""
+    h = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=16)
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    for mod_name, mod in model.named_modules():
+        for k, v in sorted(vars(mod).items()):
+            if k.startswith("_"):
+                continue  # parameters, buffers, hooks: covered above or not state
+            h.update(f"{mod_name}.{k}=".encode())
+            if isinstance(v, torch.Tensor):
+                h.update(f"{v.dtype}:{tuple(v.shape)}".encode())
+                h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+            elif isinstance(v, np.ndarray):
+                h.update(f"{v.dtype}:{v.shape}".encode())
+                h.update(np.ascontiguousarray(v).view(np.uint8))
+            elif v is None or isinstance(v, (bool, int, float, str)):
+                h.update(repr(v).encode())
+            else:
+                h.update(f"{type(v).__qualname__}@{id(v)}".encode())
+                if keep is not None:
+                    keep.append(v)
+    return h.hexdigest()
+
+
+class PredictionMemo:
+    """Scores of one model on one data set, computed once per evaluation.
+
+    Under FedAvg-like methods every client holds the same global model, and clients with the
+    same modalities and image domain see the same server-test view, so without this the
+    server view (most of an evaluation's rows) would be scored once per client. Keyed by
+    :func:`model_fingerprint` and the data object; kept only for one evaluation."""
+
+    def __init__(self) -> None:
+        self._scores: dict[tuple[str, int, str], np.ndarray] = {}
+        self._keep: list[object] = []  # objects keyed by id() stay alive while the memo is
+        self.hits = 0
+
+    def fingerprint(self, model: torch.nn.Module) -> str:
+        return model_fingerprint(model, self._keep)
+
+    def predict(self, fingerprint: str, model: torch.nn.Module, data: Tensors, task: str) -> np.ndarray:
+        key = (fingerprint, id(data), task)
+        if key in self._scores:
+            self.hits += 1
+        else:
+            self._scores[key] = predict(model, data, task)
+            self._keep.append(data)
+        return self._scores[key]
+
+
 def evaluate_client(method: Method, ctx: ClientContext, msg: Message, server_view: Tensors,
-                    server_tests: dict[str, Tensors] | None = None) -> ClientEval:
-    """Score a client's model on its own test split and on the server test view."""
+                    server_tests: dict[str, Tensors] | None = None,
+                    memo: PredictionMemo | None = None) -> ClientEval:
+    """Score a client's model on its own test split and on the server test view (with
+    ``memo``, a model already scored on the same data is not scored again)."""
     task = ctx.spec.task
     model = method.client_model(ctx, msg)
+    if memo is None:
+        def score(data: Tensors) -> np.ndarray:
+            return predict(model, data, task)
+    else:
+        fingerprint = memo.fingerprint(model)
+
+        def score(data: Tensors) -> np.ndarray:
+            return memo.predict(fingerprint, model, data, task)
     test_metrics = None
     if server_tests is not None:
-        test_metrics = {cond: compute_metrics(predict(model, data, task), data.y.numpy(), task)
+        test_metrics = {cond: compute_metrics(score(data), data.y.numpy(), task)
                         for cond, data in server_tests.items()}
     return ClientEval(
-        scores=predict(model, ctx.test, task), y=ctx.test.y.numpy(),
-        server_scores=predict(model, server_view, task), server_y=server_view.y.numpy(),
+        scores=score(ctx.test), y=ctx.test.y.numpy(),
+        server_scores=score(server_view), server_y=server_view.y.numpy(),
         test_metrics=test_metrics,
     )
 
@@ -191,9 +258,11 @@ class InProcessClients(Clients):
         return {cid: replies[cid] for cid in cids}
 
     def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
+        # clients holding the same model score a shared view once
+        memo = PredictionMemo() if bool(self.cfg.get("eval.share_predictions", True)) else None
         return {
             cid: evaluate_client(self.method, self.context(cid, 0), msg, self.server_views[cid],
-                                 self.server_tests if server_tests else None)
+                                 self.server_tests if server_tests else None, memo)
             for cid, msg in messages.items()
         }
 

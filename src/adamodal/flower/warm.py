@@ -47,20 +47,25 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 
 logger = logging.getLogger("adamodal.flower.warm")
 
-#: how often an idle runner asks its SuperNode for a task (Flower's own executor: 1 s)
+#: how often a runner asks its SuperNode for a task: every POLL_S right after a task (the next
+#: phase's message usually follows within seconds), backing off to POLL_MAX_S while idle, so a
+#: machine hosting many SuperNodes is not kept busy by their polling (Flower's executor: 1 s)
 POLL_S = 0.05
+POLL_MAX_S = 0.5
 #: the ClientApp the runner imports before the first task, so that one is fast too
 PRELOAD = "adamodal.flower.client_app"
 
 
 def _client(address: str, component: str, token: str | None = None,
-            root_certificates: bytes | None = None) -> RuntimeHttpClient:
+            root_certificates: bytes | None = None, max_tries: int | None = None) -> RuntimeHttpClient:
+    retry = make_simple_http_retry_invoker()  # Flower's: retries a lost connection forever
+    retry.max_tries = max_tries
     interceptors = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token is not None:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=root_certificates is None, root_certificates=root_certificates,
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+        interceptors=interceptors, retry_invoker=retry)
 
 
 class Runner:
@@ -123,9 +128,11 @@ class Runner:
                     sub_status, time.monotonic() - t0)
         return sub_status == SubStatus.COMPLETED
 
-    def serve(self, stop: Callable[[], bool], poll_s: float = POLL_S) -> None:
+    def serve(self, stop: Callable[[], bool], poll_s: float = POLL_S, poll_max_s: float = POLL_MAX_S) -> None:
         """Take and run tasks until ``stop()`` is true."""
-        client = _client(self.address, "SuperExec", None, self.root_certificates)
+        # one try per poll: while the SuperNode is starting or gone, fail fast and look at stop()
+        client = _client(self.address, "SuperExec", None, self.root_certificates, max_tries=1)
+        wait = poll_s
         try:
             while not stop():
                 try:
@@ -134,9 +141,11 @@ class Runner:
                     logger.debug("no task (%s)", ex)
                     token = None
                 if token is None:
-                    time.sleep(poll_s)
+                    time.sleep(wait)
+                    wait = min(poll_max_s, wait * 1.5)
                     continue
                 self.run_task(token)
+                wait = poll_s
         finally:
             client.close()
 
