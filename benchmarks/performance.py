@@ -71,18 +71,26 @@ def bench_overhead(out: Path, rounds: int) -> str:
 
 
 def bench_scale(out: Path, rounds: int, sizes: list[int]) -> str:
+    """Each size twice: scoring every client's model on its server-test view (before) and
+    scoring a model once per view that clients share (``eval.share_predictions``, the default)."""
     rows = []
     for n in sizes:
-        s = run(f"scale-{n}", out, dataset="fmnist", method="fedavg", towers="small", model="cnn",
-                **{"clients.multimodal": 0, "clients.image_only": n, "clients.text_only": 0},
-                partition="dirichlet", participation=0.1, rounds=rounds,
-                **{"eval.every": rounds, "eval.max_rows": 200},
-                local_epochs=1, batch_size=32)
-        rows.append([n, max(1, round(0.1 * n)), f"{train_s(s) / rounds:.2f}", f"{s['time_s'].get('eval', 0):.1f}",
-                     f"{s['_peak_rss_mb']:.0f}", f"{s['test']['image']['accuracy']:.3f}"])
+        evals = {}
+        for share in (False, True):
+            s = run(f"scale-{n}-share{int(share)}", out, dataset="fmnist", method="fedavg", towers="small", model="cnn",
+                    **{"clients.multimodal": 0, "clients.image_only": n, "clients.text_only": 0},
+                    partition="dirichlet", participation=0.1, rounds=rounds,
+                    **{"eval.every": rounds, "eval.max_rows": 200, "eval.share_predictions": share},
+                    local_epochs=1, batch_size=32)
+            evals[share] = s["time_s"].get("eval", 0)
+            rows.append([n, max(1, round(0.1 * n)), "shared" if share else "per client",
+                         f"{train_s(s) / rounds:.2f}", f"{evals[share]:.1f}",
+                         f"{evals[True] / evals[False]:.2f}" if share and evals[False] else "",
+                         f"{s['_wall_process_s']:.1f}", f"{s['_peak_rss_mb']:.0f}", f"{s['test']['image']['accuracy']:.3f}"])
     return table(f"Scale: Fashion-MNIST, Dirichlet 0.5, participation 0.1, LeNet, 1 local epoch, {rounds} rounds, "
                  "every client evaluated before round 1 and after the last (200 server-test rows each)",
-                 ["clients", "per round", "s / round", "eval s (both)", "peak RSS MB", "test accuracy"], rows)
+                 ["clients", "per round", "server-view scoring", "s / round", "eval s (both)", "eval after / before",
+                  "process wall s", "peak RSS MB", "test accuracy"], rows)
 
 
 def bench_comm(out: Path, rounds: int, methods: list[str]) -> str:

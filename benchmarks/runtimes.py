@@ -41,7 +41,8 @@ def main() -> None:
                    help="comma-separated runtimes to skip: simulator,simulation,deployment,per-message")
     args = p.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    cfg = resolve({}, {**_scenario(args.clients), "rounds": args.rounds, "method": args.method})
+    values = {**_scenario(args.clients), "rounds": args.rounds, "method": args.method}
+    cfg = resolve({}, values)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "runtimes.json"  # kept across invocations (--skip runs one runtime at a time)
     rows = {r[0]: r for r in json.loads(store.read_text())} if store.exists() else {}
@@ -53,9 +54,13 @@ def main() -> None:
         print(f"{name}: {rows[name][1]:.1f} s total, {s['wall_s']:.1f} s loop", flush=True)
 
     if "simulator" not in skip:
-        t0 = time.perf_counter()
-        run_experiment(cfg, args.out / "simulator", progress=False, force=True)
-        record("in-process simulator", t0, args.out / "simulator")
+        # before and after sharing predictions between clients that hold the same model
+        for share, name in ((False, "simulator-per-client-eval"), (True, "simulator")):
+            t0 = time.perf_counter()
+            run_experiment(resolve({}, {**values, "eval.share_predictions": share}), args.out / name,
+                           progress=False, force=True)
+            record("in-process simulator" + ("" if share else ", every client scored separately"), t0,
+                   args.out / name)
     if "simulation" not in skip:
         t0 = time.perf_counter()
         with Consortium(args.out / "sim-procs", simulation=True) as c:
