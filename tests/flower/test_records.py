@@ -227,3 +227,11 @@ def test_a_supernode_runs_its_clientapp_warm_unless_asked_otherwise(tmp_path):
     assert per_message == flower
     with pytest.raises(ConfigError, match="--clientapp cold"):
         supernode_command(superlink="h:1", client_id=2, data=None, certificates=None, insecure=True, clientapp="cold")
+
+
+def test_the_warm_runner_needs_the_supernode_command(capsys):
+    from adamodal.flower import warm
+
+    with pytest.raises(SystemExit) as exc:
+        warm.main(["--runtime-api-address", "127.0.0.1:9300"])
+    assert exc.value.code == 2 and "flower-supernode command after --" in capsys.readouterr().err

@@ -23,12 +23,15 @@ def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     lr, wd = float(cfg["lr"]), float(cfg["weight_decay"])
     name = cfg["optimizer"]
-    # foreach: one multi-tensor kernel per step instead of one per parameter (CPU default is off)
+    # fused: the whole update in one pass over each parameter (on CPU too). Measured on this
+    # head (578k parameters, 19 tensors): Adam 0.46 ms a step fused, 1.26 ms with foreach (one
+    # multi-tensor kernel per operation), 1.59 ms with the default per-parameter loop; the
+    # step was a third of a mini-batch's time. Same update rule; last-bit rounding may differ.
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd, foreach=True)
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]), weight_decay=wd, fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, foreach=True)
-    return torch.optim.Adam(params, lr=lr, weight_decay=wd, foreach=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True)
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=True)
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:

@@ -55,10 +55,14 @@ def update_norm(reply: Message, sent: Message) -> float:
         if a.dtype.kind != "f":
             continue
         ref = sent.arrays.get(key)
-        diff = a.astype(np.float64)
-        if ref is not None and np.shape(ref) == a.shape:
-            diff = diff - np.asarray(ref, dtype=np.float64)
-        total += float(np.dot(diff.ravel(), diff.ravel()))
+        # in float32 or wider (BLAS dot, no float64 copies of float32 models); a sum that
+        # overflows is inf, i.e. far above any limit, which is the right verdict
+        dt = np.promote_types(a.dtype, np.float32)
+        a = a.astype(dt, copy=False)
+        diff = a - np.asarray(ref, dtype=dt) if ref is not None and np.shape(ref) == a.shape else a
+        flat = np.ravel(diff)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total += float(np.dot(flat, flat))
     return float(np.sqrt(total))
 
 
