@@ -11,6 +11,7 @@ arrays carry (at most 128 bytes per array per message).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -149,3 +150,28 @@ def test_a_failed_run_is_reported_as_failed(tmp_path, capsys):
         assert main(args) == 1
     err = capsys.readouterr().err
     assert "finished:failed" in err and "client-id 5 is not in the scenario" in err
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc: the 4th field of stat, after the name)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_site_whose_supernode_dies_stops_as_a_whole(tmp_path):
+    """The warm ClientApp runner exits with its SuperNode (so a service manager restarts the
+    site), reporting the SuperNode's fate as a shell would (SIGKILL: 137)."""
+    with Consortium(tmp_path / "c") as c:
+        c.start_superlink()
+        site = c.start_supernode(0)
+        supernode = _children(site.pid)
+        assert len(supernode) == 1, supernode
+        os.kill(supernode[0], signal.SIGKILL)
+        assert site.wait(timeout=60) == 137

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ logger = logging.getLogger("adamodal.flower.warm")
 #: machine hosting many SuperNodes is not kept busy by their polling (Flower's executor: 1 s)
 POLL_S = 0.05
 POLL_MAX_S = 0.5
+#: seconds a task may go on after its SuperNode exited before this process exits regardless
+GRACE_S = 20.0
 #: the ClientApp the runner imports before the first task, so that one is fast too
 PRELOAD = "adamodal.flower.client_app"
 
@@ -162,7 +165,18 @@ def supervise(supernode: list[str], address: str, root_certificates: Path | None
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    threading.Thread(target=lambda: (proc.wait(), stopping.set()), daemon=True).start()
+    done = threading.Event()
+
+    def _watch() -> None:
+        proc.wait()
+        stopping.set()
+        # a task in flight keeps retrying its lost SuperNode (Flower's client never gives up):
+        # exit anyway, so a service manager sees the site down and can restart it
+        if not done.wait(GRACE_S):
+            logger.error("the SuperNode exited (code %s) during a task; stopping", proc.returncode)
+            os._exit(128 - proc.returncode if proc.returncode < 0 else proc.returncode or 1)
+
+    threading.Thread(target=_watch, daemon=True).start()
     try:
         if preload:
             __import__(preload)  # torch, Flower and adamodal, while the SuperNode connects
@@ -176,7 +190,11 @@ def supervise(supernode: list[str], address: str, root_certificates: Path | None
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    return 0 if proc.returncode in (0, -signal.SIGTERM) else int(proc.returncode)
+        done.set()
+    code = int(proc.returncode)
+    if code in (0, -signal.SIGTERM):
+        return 0
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
 
 
 def main(argv: list[str] | None = None) -> int:
