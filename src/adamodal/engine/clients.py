@@ -82,17 +82,20 @@ def model_fingerprint(model: torch.nn.Module, keep: list[object] | None = None) 
     id cannot be reused by another object while the digest is in use): two models are only
     ever judged equal when they certainly predict the same."""
     h = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=16)
-    for name, t in model.state_dict().items():
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+
+    def add_tensor(label: str, t: torch.Tensor) -> None:
+        h.update(f"{label}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+
+    for name, t in model.state_dict().items():
+        add_tensor(name, t)
     for mod_name, mod in model.named_modules():
         for k, v in sorted(vars(mod).items()):
             if k.startswith("_"):
                 continue  # parameters, buffers, hooks: covered above or not state
             h.update(f"{mod_name}.{k}=".encode())
             if isinstance(v, torch.Tensor):
-                h.update(f"{v.dtype}:{tuple(v.shape)}".encode())
-                h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+                add_tensor("", v)
             elif isinstance(v, np.ndarray):
                 h.update(f"{v.dtype}:{v.shape}".encode())
                 h.update(np.ascontiguousarray(v).view(np.uint8))
