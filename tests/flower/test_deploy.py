@@ -87,6 +87,19 @@ def test_tls_deployment_completes_and_matches_the_simulator(tls_consortium, tmp_
     assert ref["bytes_down"] < dep["bytes_down"] < ref["bytes_down"] * 1.01
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc: the 4th field of stat, after the name)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def _kill_in_round_2(c: Consortium, out: Path, name: str, sig: int) -> None:
     """Kill a SuperNode (and its ClientApp) as soon as round 1 is checkpointed (the metrics of
     round 1 are written with its checkpoint)."""
@@ -129,6 +142,14 @@ def test_killed_supernode_drops_out_or_fails_the_run_per_min_clients(tmp_path, c
         assert "finished:failed" in err and "min_clients=3" in err and "client 2" in err
         assert (out / CHECKPOINT).exists() and not (out / "summary.json").exists()
 
+        # a site whose Flower SuperNode process dies stops as a whole: the warm ClientApp
+        # runner exits with it (so a service manager restarts the site), code 137 for SIGKILL
+        site = c.procs["supernode1"]
+        supernode = _children(site.pid)
+        assert len(supernode) == 1, supernode
+        os.kill(supernode[0], signal.SIGKILL)
+        assert site.wait(timeout=60) == 137
+
 
 def test_simulation_with_virtual_supernodes_matches_the_simulator(tmp_path):
     cfg = resolve({}, {**TINY, "method": "fedavg"})
@@ -150,28 +171,3 @@ def test_a_failed_run_is_reported_as_failed(tmp_path, capsys):
         assert main(args) == 1
     err = capsys.readouterr().err
     assert "finished:failed" in err and "client-id 5 is not in the scenario" in err
-
-
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc: the 4th field of stat, after the name)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def test_a_site_whose_supernode_dies_stops_as_a_whole(tmp_path):
-    """The warm ClientApp runner exits with its SuperNode (so a service manager restarts the
-    site), reporting the SuperNode's fate as a shell would (SIGKILL: 137)."""
-    with Consortium(tmp_path / "c") as c:
-        c.start_superlink()
-        site = c.start_supernode(0)
-        supernode = _children(site.pid)
-        assert len(supernode) == 1, supernode
-        os.kill(supernode[0], signal.SIGKILL)
-        assert site.wait(timeout=60) == 137
