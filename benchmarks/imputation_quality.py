@@ -34,7 +34,7 @@ def load(run: Path):
     exp = prepare(cfg, progress=False)
     method = AdaModalFed(exp.cfg, exp.spec, exp.infos())
     method.init_server()
-    state = torch.load(run / CHECKPOINT, weights_only=False)["server"]
+    state = torch.load(run / CHECKPOINT, weights_only=True)["server"]
     init = method.initial_params()
     arrays = {k: v.numpy() for k, v in state.items()}
     method.load_server_state(arrays)
@@ -54,7 +54,7 @@ def main() -> None:
     def score(parts: dict[str, torch.Tensor], y: np.ndarray) -> dict[str, float]:
         on = torch.ones(len(y), dtype=torch.bool)
         masks = {m: on if m in parts else ~on for m in ("image", "text")}
-        logits = net.classifier(net.fuse_final(parts, masks))
+        logits = net.classifier(net.fuse(parts, masks["image"], masks["text"]))
         probs = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, -1)
         return compute_metrics(probs.numpy(), y, task)
 
@@ -66,7 +66,7 @@ def main() -> None:
         y = d.y.numpy()
         r = net.encode(d.x_img, d.x_txt, d.m_img, d.m_txt)[src]
         z = net.prototype(src, r)
-        present = net.gate(r, z) if (net.use_gate and z is not None) else r
+        present = net.gate(r, z)[0] if (net.use_gate and z is not None) else r
         imputed = net.impute(tgt, src, r)
         rows = [(f"{src} alone", {src: present})]
         if imputed is not None:

@@ -29,7 +29,7 @@ from adamodal.engine.simulator import prepare
 from adamodal.engine.tensors import Tensors
 from adamodal.engine.train import predict as predict_rows
 from adamodal.engine.train import train_epochs
-from adamodal.fusion import build_adamodal_net
+from adamodal.methods.adamodal import build_adamodal_net
 from adamodal.metrics import compute_metrics
 
 GROUP_MODALITY = {"image_only": "image", "text_only": "text"}

@@ -300,8 +300,13 @@ class Simulator:
                    unit="round", initial=self.state.round, total=rounds)
         for rnd in bar:
             self.run_round(rnd)
+            method_metrics = clean(self.method.round_metrics(rnd))
+            if method_metrics:
+                self.state.records.append({"round": rnd, "client": "server", "method": method_metrics})
             if rnd % every == 0 or rnd == rounds:
                 entry = self.evaluate(rnd)
+                if method_metrics:
+                    entry["method"] = method_metrics
                 self.state.history.append(entry)
                 auc = entry["groups"].get("multimodal", next(iter(entry["groups"].values()), {})).get("macro_auc")
                 if auc is not None:

@@ -160,6 +160,12 @@ class Method(ABC):
     def end_round(self, rnd: int) -> None:  # noqa: B027 - optional hook
         """Server-side work after the round's phases (e.g. central training)."""
 
+    def round_metrics(self, rnd: int) -> dict[str, float]:
+        """Server-side numbers about this round's work that a reader should see next to the
+        accuracy (e.g. AdaModal-Fed's gate values and imputation quality), recorded in
+        ``metrics.jsonl`` and the run's history. Aggregates only; empty by default."""
+        return {}
+
     def server_state(self) -> dict[str, np.ndarray]:
         """Everything needed to resume the server, as named arrays (checkpointed each round)."""
         return {}

@@ -1,0 +1,391 @@
+"""AdaModalFed: the four stages driven as phases of the method contract.
+
+Round 1: ``warmup`` -> ``teach`` -> ``kd`` (stage 1) -> ``summarize`` -> ``train``; every
+later round: ``summarize`` (stage 2, with the current global projections sent down) ->
+``train`` (stages 3 and 4 with the server's knowledge, then the global update). This class
+only routes; the stages' work lives in their modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adamodal.engine.train import scores_from_logits, task_loss
+from adamodal.methods.adamodal import distill, messages
+from adamodal.methods.adamodal.imputation import cluster_prototypes, imputation_quality
+from adamodal.methods.adamodal.local import LocalTerms, train_local
+from adamodal.methods.adamodal.net import AdaModalNet, build_adamodal_net, key_modality, key_role
+from adamodal.methods.adamodal.options import DEFAULTS, read_options
+from adamodal.methods.adamodal.summarize import Knowledge, client_summary, cluster_summaries
+from adamodal.methods.base import (
+    ClientContext,
+    ClientInfo,
+    Message,
+    Method,
+    aggregate_arrays,
+    load_arrays,
+    state_arrays,
+)
+from adamodal.metrics import compute_metrics
+from adamodal.model import ModelSpec
+from adamodal.privacy import dp_report
+
+#: client scalars the server averages into the round's metrics, weighted by the rows they cover
+DIAGNOSTICS = {"gate_mean": "gate_rows", "impute_cos": "impute_rows", "impute_cos_shuffled": "impute_rows"}
+
+
+class AdaModalFed(Method):
+    name = "adamodal"
+    description = "AdaModal-Fed: shared space, clustered summaries, cross-attention imputation, gating"
+    config_defaults = DEFAULTS
+
+    def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
+        super().__init__(cfg, spec, clients)
+        self.opt = read_options(cfg)
+        o = self.opt
+        self.terms = LocalTerms(float(o["infonce_weight"]), float(o["infonce_temperature"]),
+                                float(o["impute_weight"]), float(o["beta"]), float(o["modality_dropout"]))
+        self._initial: dict[str, np.ndarray] | None = None
+        self._server_model: AdaModalNet | None = None
+
+    # ---- models -------------------------------------------------------------------------
+    def build(self) -> AdaModalNet:
+        o = self.opt
+        return build_adamodal_net(
+            self.spec, self.seed, heads=int(o["heads"]), tau=float(o["tau"]), impute=str(o["impute"]),
+            cross_attention=bool(o["cross_attention"]), gate=bool(o["gate"]), rank=int(o["rank"]),
+            personal_rank=int(o["personal_rank"]), adapter_rank=int(o["adapter_rank"]),
+        ).to(self.device)
+
+    def model(self) -> AdaModalNet:
+        if self._model is None:
+            self._model = self.build()
+        return self._model  # type: ignore[return-value]
+
+    def initial_params(self) -> dict[str, np.ndarray]:
+        if self._initial is None:
+            self._initial = state_arrays(self.build())
+        return self._initial
+
+    def fresh(self, *layers: dict[str, np.ndarray], knowledge: dict[str, np.ndarray] | None = None,
+              model: AdaModalNet | None = None) -> AdaModalNet:
+        """The shared model instance reset to the initial weights, then ``layers`` loaded in
+        order (later ones win), so nothing of a previous client can leak into this one."""
+        model = model if model is not None else self.model()
+        given = set().union(*(a.keys() for a in layers)) if layers else set()
+        load_arrays(model, {k: v for k, v in self.initial_params().items()
+                            if k not in given and key_role(k) != "frozen"})
+        for arrays in layers:
+            load_arrays(model, arrays)
+        return model.set_knowledge(knowledge)
+
+    def upload_keys(self, cid_or_mods: int | tuple[str, ...], roles: tuple[str, ...] = ("global",)) -> set[str]:
+        """The parameters a client with these modalities trains and sends (of these roles)."""
+        mods = self.clients[cid_or_mods].modalities if isinstance(cid_or_mods, int) else cid_or_mods
+        return {k for k in self.initial_params() if key_role(k) in roles and key_modality(k) in (None, *mods)}
+
+    # ---- server side --------------------------------------------------------------------
+    def init_server(self) -> None:
+        self.global_params = {k: v for k, v in self.initial_params().items() if key_role(k) == "global"}
+        self.knowledge: dict[str, np.ndarray] = {}
+        self.teachers: list[int] = []
+        self.scores: dict[int, float] = {}
+        self.packages: dict[int, dict[str, np.ndarray]] = {}
+        self.round_updates: dict[int, tuple[dict[str, np.ndarray], float, float]] = {}
+        self.diagnostics: dict[str, float] = {}
+
+    def phases(self, rnd: int) -> list[str]:
+        if rnd == 1:
+            return ["warmup"] + (["teach", "kd"] if self.opt["kd"] else []) + ["summarize", "train"]
+        return ["summarize", "train"]
+
+    def participants(self, phase: str, rnd: int, sampled: list[int]) -> list[int]:
+        if phase == "teach":
+            return [c for c in sampled if c in self.teachers]
+        if phase == "kd":
+            return [c for c in sampled if c in self.scores and c not in self.teachers]
+        return sampled
+
+    def configure(self, phase: str, rnd: int, cids: list[int]) -> dict[int, Message]:
+        if phase == "kd":
+            return {cid: self.kd_message(cid) for cid in cids}
+        if phase == "summarize":  # the current global projections: summaries live in their space
+            return {cid: messages.pack(self.projections(cid)) for cid in cids}
+        if phase == "train":
+            msg = self.broadcast()
+            return {cid: msg for cid in cids}
+        return {cid: Message() for cid in cids}  # warmup starts from the seed; teach needs nothing
+
+    def projections(self, cid: int) -> dict[str, np.ndarray]:
+        mods = self.clients[cid].modalities
+        return {k: v for k, v in self.global_params.items() if key_modality(k) in mods}
+
+    def broadcast(self) -> Message:
+        return messages.pack(self.global_params, self.knowledge)
+
+    def kd_message(self, cid: int) -> Message:
+        mods = {c: self.clients[c].modalities for c in self.teachers}
+        chosen = distill.teachers_for(self.clients[cid].modalities, [t for t in self.teachers if t in self.packages],
+                                      mods, self.scores, int(self.opt["kd_teachers"]))
+        return messages.pack_teachers([(self.packages[t], mods[t]) for t in chosen])
+
+    def aggregate(self, phase: str, rnd: int, replies: dict[int, Message]) -> None:
+        if phase == "warmup":
+            self.round_updates, self.diagnostics = {}, {}
+            self.scores = distill.comparable_scores({c: r.scalars for c, r in replies.items()})
+            if self.opt["kd"]:
+                self.teachers = distill.select_teachers(self.scores, float(self.opt["kd_threshold"]))
+            self.collect(replies)
+            if not self.opt["kd"]:
+                self.average()
+        elif phase == "teach":
+            self.packages = {c: dict(r.arrays) for c, r in replies.items()}
+            self.collect(replies)
+        elif phase == "kd":
+            self.collect(replies)
+            self.average()
+            self.packages = {}  # teachers' projections are not kept beyond their relay
+        elif phase == "summarize":
+            self.diagnostics = {}
+            self.knowledge = self.cluster(replies, rnd)
+        elif phase == "train":
+            self.round_updates = {}
+            self.scores.update(distill.comparable_scores({c: r.scalars for c, r in replies.items()}))
+            self.diagnostics.update(pooled_diagnostics(replies))
+            self.collect(replies)
+            self.average()
+
+    def collect(self, replies: dict[int, Message]) -> None:
+        """Keep each reply's global parts with its size and score, for :meth:`average`."""
+        for cid, r in replies.items():
+            glob = {k: v for k, v in r.arrays.items() if key_role(k) == "global"}
+            if glob:
+                self.round_updates[cid] = (glob, float(r.scalars["num_examples"]), self.scores.get(cid, 0.0))
+
+    def average(self) -> None:
+        """Stage 4's global update: each global part averaged over the clients that sent it
+        (a modality's projection only over the clients holding that modality), weighted by
+        ``n_i`` or ``n_i * softmax(score_i / tau_c)``."""
+        if not self.round_updates:
+            return
+        cids = sorted(self.round_updates)
+        n = np.array([self.round_updates[c][1] for c in cids])
+        s = np.array([self.round_updates[c][2] for c in cids])
+        w = contribution_weights(n, s, str(self.opt["contribution"]), float(self.opt["tau_c"]))
+        for key in self.global_params:
+            have = [(self.round_updates[c][0][key], wi) for c, wi in zip(cids, w, strict=True)
+                    if key in self.round_updates[c][0]]
+            if have:
+                self.global_params[key] = aggregate_arrays(
+                    [{key: a} for a, _ in have], [wi for _, wi in have], str(self.cfg.get("aggregation", "mean")))[key]
+        self.round_updates = {}
+
+    def cluster(self, replies: dict[int, Message], rnd: int) -> dict[str, np.ndarray]:
+        """Stage 2 on the server, then stage 3's cluster-level representations Z."""
+        seeds = tuple(int(np.random.SeedSequence([self.seed, rnd, 17, i]).generate_state(1)[0]) for i in range(2))
+        know, metrics = cluster_summaries([r.arrays for r in replies.values()], int(self.opt["k"]),
+                                          cluster=bool(self.opt["cluster"]), seeds=seeds)  # type: ignore[arg-type]
+        self.diagnostics.update(metrics)
+        if "pi" in know:
+            k = Knowledge.from_arrays({x: know[x] for x in ("C_img", "C_txt", "pi")}, self.device)
+            assert k is not None
+            imputer = self.fresh(self.global_params).imputer if self.opt["cross_attention"] else None
+            know.update(cluster_prototypes(imputer, k.keys))
+        return know
+
+    def round_metrics(self, rnd: int) -> dict[str, float]:
+        return dict(self.diagnostics)
+
+    def shares_per_sample(self) -> bool:
+        return self.opt["share"] == "embeddings"
+
+    def privacy_report(self, rounds: int) -> dict[str, Any] | None:
+        """Epsilon of the noised summaries: per round a client releases at most ``k_local``
+        centroids per modality, each clipped to ``dp_clip`` and noised with std
+        ``dp_sigma * dp_clip``; a whole client's data moves each of them by at most
+        ``dp_clip``, so the summary's sensitivity is ``dp_clip * sqrt(k_local * modalities)``.
+        Counts, label histograms and model updates are not covered (stated in the report)."""
+        sigma = float(self.opt["dp_sigma"])
+        if sigma <= 0:
+            return None
+        if self.opt["share"] != "centroids":
+            return {"mechanism": "gaussian on shared per-sample embeddings", "epsilon": None,
+                    "note": "share=embeddings uploads every row; no client-level bound is reported"}
+        k_total = int(self.opt["k_local"]) * len(self.spec.modalities)
+        return dp_report(
+            "gaussian on clipped summary centroids (client side)", sigma / float(np.sqrt(k_total)),
+            float(self.opt["dp_clip"]), rounds, float(self.cfg.get("dp.delta", 1e-5)), 1.0,
+            covers="summary centroids only; counts, label histograms and model updates are sent without noise",
+        )
+
+    def eval_message(self, cid: int) -> Message:
+        return self.broadcast()
+
+    def global_model(self) -> nn.Module | None:
+        """The global parts with the broadcast knowledge (personal updates at zero)."""
+        if self._server_model is None:  # a second instance: evaluation loads clients into model()
+            self._server_model = self.build()
+        return self.fresh(self.global_params, knowledge=self.knowledge or None, model=self._server_model)
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        out = dict(messages.pack(self.global_params, self.knowledge).arrays)
+        if self.scores:
+            cids = sorted(self.scores)
+            out["scores.cid"] = np.array(cids, dtype=np.int64)
+            out["scores.value"] = np.array([self.scores[c] for c in cids], dtype=np.float64)
+        return out
+
+    def load_server_state(self, state: dict[str, np.ndarray]) -> None:
+        self.global_params, self.knowledge = messages.unpack(Message(state))
+        if "scores.cid" in state:
+            self.scores = dict(zip(state["scores.cid"].tolist(), state["scores.value"].tolist(), strict=True))
+
+    # ---- client side --------------------------------------------------------------------
+    def client_step(self, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
+        if phase == "warmup":
+            return self.client_warmup(ctx)
+        if phase == "teach":
+            keys = self.upload_keys(ctx.modalities, ("global", "personal"))
+            return Message(_select(ctx.state, keys), {"num_examples": len(ctx.train)})
+        if phase == "kd":
+            return self.client_kd(ctx, msg)
+        if phase == "summarize":
+            return self.client_summary(ctx, msg)
+        if phase == "train":
+            return self.client_train(ctx, msg)
+        raise ValueError(f"adamodal: unknown phase {phase!r}")
+
+    def client_warmup(self, ctx: ClientContext) -> Message:
+        model = self.fresh()
+        train_local(model, ctx.train, ctx.cfg, self.terms, task=ctx.spec.task, epochs=int(self.opt["warmup_epochs"]),
+                    generator=ctx.generator, device=self.device)
+        ctx.state = _trained(model)  # the whole model until the first global average
+        arrays = {} if self.opt["kd"] else _select(ctx.state, self.upload_keys(ctx.modalities))
+        return Message(arrays, {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
+
+    def client_kd(self, ctx: ClientContext, msg: Message) -> Message:
+        teachers = []
+        for arrays, sees_img, sees_txt in messages.unpack_teachers(msg):
+            t = self.build()
+            load_arrays(t, self.initial_params())
+            load_arrays(t, arrays)
+            teachers.append((t.eval(), sees_img, sees_txt))
+        model = self.fresh(ctx.state)
+        if teachers:
+            temp, weight, task = float(self.opt["kd_temperature"]), float(self.opt["kd_weight"]), ctx.spec.task
+
+            def distil(student: AdaModalNet, batch, fwd) -> torch.Tensor:
+                with torch.no_grad():  # each teacher sees only the modalities it was trained on
+                    t_logits = [t(batch.x_img, batch.x_txt, batch.m_img & hi, batch.m_txt & ht) for t, hi, ht in teachers]
+                return weight * distill.kd_loss(fwd.logits, distill.soft_targets(t_logits, temp, task), temp, task)
+
+            train_local(model, ctx.train, ctx.cfg, self.terms, task=task, epochs=int(self.opt["kd_epochs"]),
+                        generator=ctx.generator, device=self.device, extra=distil)
+            ctx.state = _trained(model)
+        return Message(_select(ctx.state, self.upload_keys(ctx.modalities)),
+                       {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
+
+    @torch.no_grad()
+    def client_summary(self, ctx: ClientContext, msg: Message) -> Message:
+        """Stage 2 on the client: the training split in the current global shared space."""
+        glob, _ = messages.unpack(msg)
+        model = self.fresh(_personal(ctx.state), glob).eval()
+        data = ctx.train.to(self.device)
+        reps = model.encode(data.x_img, data.x_txt, data.m_img, data.m_txt)
+        rows = {"image": data.m_img, "text": data.m_txt}
+        o = self.opt
+        arrays = client_summary(reps, rows, ctx.train.y.numpy(), self.spec.num_classes, k_local=int(o["k_local"]),
+                                min_count=int(o["min_count"]), share_rows=o["share"] == "embeddings",
+                                clip=float(o["dp_clip"]), sigma=float(o["dp_sigma"]),
+                                rng=np.random.default_rng([ctx.seed, 5]))
+        return Message(arrays, {"num_examples": len(ctx.train)})
+
+    def client_train(self, ctx: ClientContext, msg: Message) -> Message:
+        glob, know = messages.unpack(msg)
+        model = self.fresh(_personal(ctx.state), glob, knowledge=know)
+        diagnostics = self.client_diagnostics(model, ctx)
+        loss = train_local(model, ctx.train, ctx.cfg, self.terms, task=ctx.spec.task,
+                           epochs=int(ctx.cfg["local_epochs"]), generator=ctx.generator, device=self.device)
+        params = _trained(model)
+        ctx.state = _personal(params)
+        return Message(_select(params, self.upload_keys(ctx.modalities)),
+                       {"num_examples": len(ctx.train), "loss": loss, **diagnostics, **self.val_scores(model, ctx)})
+
+    @torch.no_grad()
+    def client_diagnostics(self, model: AdaModalNet, ctx: ClientContext) -> dict[str, float]:
+        """The received global model's gate values and imputation quality on this client's
+        training rows (aggregates only), for the round's metrics."""
+        model.eval()
+        d = ctx.train.to(self.device)
+        if len(d) == 0:
+            return {}
+        fwd = model.run(d.x_img, d.x_txt, d.m_img, d.m_txt, impute_all=True)
+        out: dict[str, float] = {}
+        if fwd.gates:
+            rows = [g[fwd.rows[m]] for m, g in fwd.gates.items() if bool(fwd.rows[m].any())]
+            if rows:
+                gates = torch.cat(rows)
+                out.update(gate_mean=float(gates.mean()), gate_rows=float(len(gates)))
+        paired = fwd.rows["image"] & fwd.rows["text"]
+        out.update(imputation_quality(fwd.reps, fwd.imputed, paired, torch.Generator().manual_seed(ctx.seed)))
+        return out
+
+    @torch.no_grad()
+    def val_scores(self, model: nn.Module, ctx: ClientContext) -> dict[str, float]:
+        """Validation macro-AUC and loss of the model the client predicts with."""
+        if len(ctx.val) == 0:
+            return {"val_auc": float("nan"), "val_loss": float("nan")}
+        model.eval()
+        v = ctx.val.to(self.device)
+        logits = model(v.x_img, v.x_txt, v.m_img, v.m_txt)
+        loss = float(task_loss(logits, v.y, ctx.spec.task))
+        scores = scores_from_logits(logits, ctx.spec.task).float().cpu().numpy()
+        auc = compute_metrics(scores, ctx.val.y.numpy(), ctx.spec.task)["macro_auc"]
+        return {"val_auc": float(auc), "val_loss": loss}
+
+    def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
+        glob, know = messages.unpack(msg)
+        return self.fresh(_personal(ctx.state), glob, knowledge=know)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def _select(arrays: dict[str, np.ndarray], keys: set[str]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in arrays.items() if k in keys}
+
+
+def _personal(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A client's own parts: after round 1 its state holds nothing else, and during round 1
+    (warm-up / distillation state) its global parts are superseded by the server's."""
+    return {k: v for k, v in arrays.items() if key_role(k) == "personal"}
+
+
+def _trained(model: nn.Module) -> dict[str, np.ndarray]:
+    """Everything but the frozen base (which every machine rebuilds from the seed)."""
+    return {k: v for k, v in state_arrays(model).items() if key_role(k) != "frozen"}
+
+
+def pooled_diagnostics(replies: dict[int, Message]) -> dict[str, float]:
+    """The clients' diagnostic scalars averaged, each weighted by the rows it covers."""
+    out = {}
+    for key, weight_key in DIAGNOSTICS.items():
+        pairs = [(float(r.scalars[key]), float(r.scalars.get(weight_key, 1.0)))
+                 for r in replies.values() if key in r.scalars and np.isfinite(float(r.scalars[key]))]
+        if pairs and sum(w for _, w in pairs) > 0:
+            out[key] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
+    return out
+
+
+def contribution_weights(n: np.ndarray, scores: np.ndarray, mode: str, tau_c: float) -> np.ndarray:
+    """``w_i ∝ n_i * softmax(score_i / tau_c)`` (``mode="score"``) or ``w_i ∝ n_i``."""
+    n = np.asarray(n, dtype=np.float64)
+    if mode == "size":
+        return n / n.sum()
+    s = np.asarray(scores, dtype=np.float64) / tau_c
+    soft = np.exp(s - s.max())
+    w = n * soft / soft.sum()
+    return w / w.sum()

@@ -1,0 +1,73 @@
+"""Stage 2: client summaries (never rows) and the server's clustering and pairing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from adamodal.methods.adamodal.summarize import Knowledge, cluster_summaries, summarize_rows
+from tests.methods.adamodal.conftest import toy_knowledge
+
+
+def test_knowledge_pairs_text_rows_by_pi():
+    arrays = toy_knowledge()
+    k = Knowledge.from_arrays(arrays, "cpu")
+    assert k is not None and k.paired
+    assert torch.allclose(k.keys["text"][0], torch.as_tensor(arrays["C_txt"][arrays["pi"][0]]))
+    assert torch.equal(k.protos["text"], k.keys["text"])  # no Z sent: prototypes = centroids
+
+
+def test_every_centroid_averages_at_least_min_count_rows():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 8, 25, 200):
+        x = rng.normal(size=(n, 6))
+        y = rng.integers(0, 3, n)
+        c, counts, hist = summarize_rows(x, y, 3, k_local=8, min_count=3, seed=1)
+        if n < 3:
+            assert len(c) == 0  # too few rows for one honest summary: nothing at all
+            continue
+        assert counts.sum() == n and counts.min() >= 3 and len(c) <= min(8, n // 3)
+        assert hist.sum() == n and np.array_equal(hist.sum(1), counts)
+        for row in x:  # no centroid is a row
+            assert np.abs(c - row).max(1).min() > 1e-6
+
+
+def _replies(perm, seed=0, clients=4, k=4, dim=8, noise=0.05, shuffle_labels=False):
+    """Clients' summaries of k classes: text class j lies near image class j's direction and is
+    listed in the text centres at position perm[j]."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(k, dim)) * 3
+    out = []
+    for _ in range(clients):
+        img = base + noise * rng.normal(size=(k, dim))
+        txt = np.empty_like(img)
+        txt[perm] = base + noise * rng.normal(size=(k, dim))
+        h_img = np.eye(k) * 5
+        h_txt = np.zeros((k, k))
+        h_txt[perm] = np.eye(k) * 5
+        if shuffle_labels:
+            h_txt = h_txt[rng.permutation(k)]
+        out.append({"c_img": img.astype(np.float32), "n_img": np.full(k, 5, np.float32), "h_img": h_img,
+                    "c_txt": txt.astype(np.float32), "n_txt": np.full(k, 5, np.float32), "h_txt": h_txt})
+    return out, base
+
+
+def test_hungarian_pairing_recovers_a_known_permutation():
+    perm = np.array([2, 0, 3, 1])
+    replies, base = _replies(perm)
+    know, metrics = cluster_summaries(replies, 4, cluster=True, seeds=(1, 2))
+    assert len(know["pi"]) == 4 and sorted(know["pi"].tolist()) == [0, 1, 2, 3]
+    for j in range(4):  # each matched pair is one true class on both sides
+        true_img = np.argmin(((base - know["C_img"][j]) ** 2).sum(1))
+        true_txt = np.argmin(((base - know["C_txt"][know["pi"][j]]) ** 2).sum(1))
+        assert true_img == true_txt
+    assert metrics["class_agreement"] == 1.0
+    shuffled, _ = _replies(perm, shuffle_labels=True, clients=1)
+    assert cluster_summaries(shuffled, 4, cluster=True, seeds=(1, 2))[1]["class_agreement"] < 1.0
+
+
+def test_cluster_switch_keeps_the_uploaded_centroids():
+    replies, _ = _replies(np.arange(4), clients=3)
+    know, _ = cluster_summaries(replies, 4, cluster=True, seeds=(1, 2))
+    raw, _ = cluster_summaries(replies, 4, cluster=False, seeds=(1, 2))
+    assert len(know["C_img"]) == 4 and len(raw["C_img"]) == 12  # every client's centroid, unclustered
