@@ -63,4 +63,6 @@ def test_uneven_clients_and_missing_modalities_step_like_sequential(small_experi
 def test_methods_without_a_batched_path_fall_back(small_experiment, tmp_path):
     exp = with_config(small_experiment, method="local", rounds=1, batch_clients=4)
     summary = Simulator(exp, tmp_path, progress=False).run()
-    assert summary["groups"]["multimodal"]["macro_auc"] > 0.5
+    # own-test macro-AUC after one round of local training: untrained 0.46, 0.43, 0.45,
+    # trained 0.95, 0.93, 0.94 (seeds 0-2)
+    assert summary["groups"]["multimodal"]["macro_auc"] > 0.85
