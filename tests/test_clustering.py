@@ -10,7 +10,6 @@ from adamodal.clustering import (
     clip_and_noise,
     cosine_cost,
     hungarian_match,
-    local_summary,
     server_clusters,
     weighted_kmeans,
 )
@@ -86,18 +85,6 @@ def test_weighted_kmeans_caps_k_by_distinct_points():
     x = np.array([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0]])
     res = weighted_kmeans(x, 10, seed=0)
     assert len(res.centers) == 2
-
-
-def test_local_summary_counts_cover_every_sample_and_hide_rows():
-    rng = np.random.default_rng(4)
-    x, _ = _blobs(rng, k=4, per=25, dim=16)
-    c, n = local_summary(x.astype(np.float32), 8, seed=0)
-    assert c.shape == (8, 16) and n.shape == (8,)
-    assert n.sum() == pytest.approx(len(x))
-    # no centroid is one of the input rows (each stands for several samples)
-    assert np.min(np.linalg.norm(c[:, None] - x[None], axis=-1)) > 1e-4
-    small, counts = local_summary(x[:3].astype(np.float32), 8, seed=0)
-    assert len(small) == 3 and counts.sum() == 3
 
 
 def test_server_clusters_weighted_and_ablation():

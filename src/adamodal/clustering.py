@@ -1,6 +1,7 @@
 """Clustering helpers of AdaModal-Fed: client summaries, weighted K-Means, Hungarian matching.
 
-Clients summarise their representations as K-Means centroids with counts; the server clusters
+Clients summarise their representations as K-Means centroids with counts (AdaModal-Fed's
+``summarize`` stage, which also keeps every centroid above a minimum row count); the server clusters
 those centroids with the counts as sample weights (so a centroid that stands for 80 samples
 pulls 80 times harder than one that stands for one), then pairs image clusters with text
 clusters by the Hungarian algorithm on ``1 - cosine``.
@@ -124,15 +125,6 @@ def clip_and_noise(centroids: np.ndarray, clip: float, sigma: float, rng: np.ran
     norms = np.linalg.norm(centroids, axis=1, keepdims=True)
     clipped = centroids * np.minimum(1.0, clip / np.maximum(norms, 1e-12))
     return clipped + rng.normal(0.0, sigma * clip, size=centroids.shape)
-
-
-def local_summary(reps: np.ndarray, k_local: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A client's summary of one modality: (centroids [k, d], counts [k]); never the rows."""
-    if len(reps) == 0:
-        return np.zeros((0, reps.shape[1]), np.float32), np.zeros(0, np.float32)
-    km = weighted_kmeans(reps, k_local, seed=seed)
-    keep = km.counts > 0
-    return km.centers[keep].astype(np.float32), km.counts[keep].astype(np.float32)
 
 
 def cosine_cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
