@@ -34,8 +34,10 @@ from adamodal.metrics import compute_metrics
 from adamodal.model import ModelSpec
 from adamodal.privacy import dp_report
 
-#: client scalars the server averages into the round's metrics, weighted by the rows they cover
-DIAGNOSTICS = {"gate_mean": "gate_rows", "impute_cos": "impute_rows", "impute_cos_shuffled": "impute_rows"}
+#: client scalars the server averages into the round's metrics, weighted by the rows they cover;
+#: ``val_auc`` (the clients' validation macro-AUC) is what defaults are chosen on, never the test views
+DIAGNOSTICS = {"gate_mean": "gate_rows", "impute_cos": "impute_rows", "impute_cos_shuffled": "impute_rows",
+               "val_auc": "val_rows"}
 
 
 class AdaModalFed(Method):
@@ -345,7 +347,7 @@ class AdaModalFed(Method):
         loss = float(task_loss(logits, v.y, ctx.spec.task))
         scores = scores_from_logits(logits, ctx.spec.task).float().cpu().numpy()
         auc = compute_metrics(scores, ctx.val.y.numpy(), ctx.spec.task)["macro_auc"]
-        return {"val_auc": float(auc), "val_loss": loss}
+        return {"val_auc": float(auc), "val_loss": loss, "val_rows": float(len(ctx.val))}
 
     def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
         glob, know = messages.unpack(msg)
