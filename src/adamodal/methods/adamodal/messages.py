@@ -3,7 +3,8 @@
 ``g.<param>``: a global parameter sent down; ``k.<name>``: the server's knowledge (``C_img``,
 ``C_txt``, ``pi``, ``Z_img``, ``Z_txt``, ``mean_img``, ``mean_txt``); ``t<i>.<param>``: teacher
 i's parameters relayed for distillation, with ``t<i>.__modalities``; summaries go up as
-``c_<m>`` (centroids), ``n_<m>`` (counts), ``h_<m>`` (label histograms).
+``c_<m>`` (centroids), ``n_<m>`` (counts), ``h_<m>`` (label histograms) and, for the
+calibration, ``cs_<m>`` / ``cq_<m>`` / ``cn_<m>`` (per-class sums, sums of squares, counts).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from adamodal.methods.base import Message
 
 GLOBAL, KNOWLEDGE = "g.", "k."
-SUMMARY_PREFIXES = ("c_", "n_", "h_")
+SUMMARY_PREFIXES = ("c_", "n_", "h_", "cs_", "cq_", "cn_")
 TEACHER_MODALITIES = "__modalities"
 
 

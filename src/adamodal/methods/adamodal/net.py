@@ -181,7 +181,12 @@ class AdaModalNet(MultimodalNet):
         """Encode, gate, impute, fuse. ``hide`` masks rows of a modality the row really has
         (modality dropout in training): the hidden slot is imputed like a missing one.
         ``impute_all`` imputes every row (the imputation loss needs the paired rows too)."""
-        reps = self.encode(x_img, x_txt, m_img, m_txt)
+        return self.from_reps(self.encode(x_img, x_txt, m_img, m_txt), m_img, m_txt, hide, impute_all)
+
+    def from_reps(self, reps: dict[str, torch.Tensor], m_img: torch.Tensor, m_txt: torch.Tensor,
+                  hide: dict[str, torch.Tensor] | None = None, impute_all: bool = False) -> Forward:
+        """:meth:`run` after the encoders: what the server's calibration trains on sampled
+        representations goes through exactly the gate, imputation and fusion of a real row."""
         none = torch.zeros_like(m_img)
         rows = {"image": m_img if "image" in reps else none, "text": m_txt if "text" in reps else none}
         out = Forward(torch.empty(0), reps, rows)

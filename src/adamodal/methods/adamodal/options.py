@@ -12,6 +12,7 @@ from adamodal.errors import ConfigError
 from adamodal.methods.adamodal.imputation import IMPUTE_MODES
 
 SHARE_MODES = ("centroids", "embeddings")
+SUMMARY_MODES = ("kmeans", "classes")
 CONTRIBUTION_MODES = ("score", "size")
 
 DEFAULTS: dict[str, Any] = {
@@ -26,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.infonce_temperature": 0.1,
     "adamodal.infonce_weight": 0.5,
     # stage 2: summaries and clustering
+    "adamodal.summary": "kmeans",
     "adamodal.cluster": True,
     "adamodal.k": 32,
     "adamodal.k_local": 8,
@@ -42,8 +44,13 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.gate": True,
     "adamodal.tau": 1.0,
     "adamodal.beta": 0.1,
+    # stage 5: the server's calibration of the shared head from class statistics
+    "adamodal.calibrate": True,
+    "adamodal.calibrate_samples": 64,
+    "adamodal.calibrate_epochs": 3,
     # local training and the global update
     "adamodal.modality_dropout": 0.3,
+    "adamodal.restrict": 1.0,
     "adamodal.contribution": "size",
     "adamodal.tau_c": 1.0,
     "adamodal.rank": 32,
@@ -55,7 +62,8 @@ DEFAULTS: dict[str, Any] = {
 def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """``{short key: value}`` from the config, checked; one ConfigError naming the key."""
     o = {k.split(".", 1)[1]: cfg.get(k, v) for k, v in DEFAULTS.items()}
-    for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES)):
+    for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES),
+                       ("summary", SUMMARY_MODES)):
         if o[key] not in valid:
             raise ConfigError(f"adamodal.{key}: {o[key]!r} is not one of {', '.join(valid)}")
     if not 0 < float(o["kd_threshold"]) < 1:
@@ -69,9 +77,11 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("k_local", "k", "heads", "kd_teachers", "rank", "min_count"):
         if int(o[key]) < 1:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 1")
-    for key in ("warmup_epochs", "kd_epochs", "personal_rank", "adapter_rank"):
+    for key in ("warmup_epochs", "kd_epochs", "personal_rank", "adapter_rank", "calibrate_samples", "calibrate_epochs"):
         if int(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
+    if not 0 <= float(o["restrict"]) <= 1:
+        raise ConfigError(f"adamodal.restrict: {o['restrict']} must be in [0, 1]")
     if not 0 <= float(o["modality_dropout"]) < 1:
         raise ConfigError(f"adamodal.modality_dropout: {o['modality_dropout']} must be in [0, 1)")
     return o

@@ -113,12 +113,16 @@ def summarize_rows(reps: np.ndarray, y: np.ndarray, num_classes: int, k_local: i
 
 def client_summary(reps: dict[str, torch.Tensor], rows: dict[str, torch.Tensor], y: np.ndarray,
                    num_classes: int, *, k_local: int, min_count: int, share_rows: bool, clip: float,
-                   sigma: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The summary arrays ``c_<m>``, ``n_<m>``, ``h_<m>`` of every modality the client has.
+                   sigma: float, rng: np.random.Generator, class_stats: bool = False) -> dict[str, np.ndarray]:
+    """The summary arrays ``c_<m>``, ``n_<m>``, ``h_<m>`` of every modality the client has,
+    and with ``class_stats`` (multi-class only) the per-class ``cs_<m>`` / ``cq_<m>`` /
+    ``cn_<m>`` sums, sums of squares and counts that the server's calibration pools.
 
     ``share_rows`` (``share=embeddings``, opt-in) sends every row instead, with no labels.
     Centroids are clipped and noised when ``sigma > 0`` (the Gaussian mechanism).
     """
+    from adamodal.methods.adamodal.calibration import class_stats as stats_of
+
     out: dict[str, np.ndarray] = {}
     for m, r in reps.items():
         keep = rows[m].cpu().numpy()
@@ -132,6 +136,9 @@ def client_summary(reps: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],
             if len(c) == 0:
                 continue
         s = SUFFIX[m]
+        if class_stats:
+            st = stats_of(x, y[keep].astype(np.int64), num_classes, min_count)
+            out[f"cs_{s}"], out[f"cq_{s}"], out[f"cn_{s}"] = st["sum"], st["sq"], st["count"]
         out[f"c_{s}"] = clip_and_noise(c, clip, sigma, rng).astype(np.float32)
         out[f"n_{s}"] = n
         if h is not None:
@@ -181,3 +188,20 @@ def cluster_summaries(replies: list[dict[str, np.ndarray]], k: int, *, cluster: 
             agree = hists["image"][rows].argmax(1) == hists["text"][cols].argmax(1)
             metrics["class_agreement"] = float(agree.mean())
     return out, metrics
+
+
+def class_centroids(gaussians: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The knowledge from pooled per-class statistics (``summary=classes``): one centre per class
+    that both modalities have, image row j paired with text row j (so ``pi`` is the identity and
+    every pair's classes agree by construction), and each modality's count-weighted mean."""
+    if len(gaussians) < 2:
+        return {}
+    (mi, _, ni), (mt, _, nt) = gaussians["image"], gaussians["text"]
+    both = np.flatnonzero((ni > 0) & (nt > 0))
+    if len(both) == 0:
+        return {}
+    out = {"C_img": mi[both].astype(np.float32), "C_txt": mt[both].astype(np.float32),
+           "pi": np.arange(len(both), dtype=np.int64)}
+    for s, (mean, n) in (("img", (mi, ni)), ("txt", (mt, nt))):
+        out[f"mean_{s}"] = ((n[:, None] * mean).sum(0) / n.sum()).astype(np.float32)
+    return out
