@@ -32,6 +32,13 @@ def cfg():
     return resolve({}, TINY)
 
 
+@pytest.fixture(autouse=True)
+def _own_temp_folder(tmp_path, monkeypatch):
+    """The handlers keep a per-run cache file in the temp folder: each test gets its own."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+
 def _context(cfg, state_path, cid=1, resume=False) -> Context:
     run_config = {CONFIG_KEY: cfg.to_toml(), "out-dir": "/runs/x", "resume": resume}
     return Context(run_id=7, node_id=100 + cid, node_config={"partition-id": cid, "state-path": str(state_path)},
@@ -123,10 +130,9 @@ def test_a_planted_cache_file_runs_no_code_and_the_cache_is_rebuilt(cfg, tmp_pat
     assert payload["key"] == key and not marker.exists()
 
 
-def test_the_cache_folder_is_private_or_not_used(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+def test_the_cache_folder_is_private_or_not_used(tmp_path, caplog):
     folder = client_app._cache_folder()
-    assert folder is not None and folder.parent == tmp_path
+    assert folder is not None and folder.parent == tmp_path / "tmp"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
 
     folder.chmod(0o777)  # opened to others (or made by someone else): not used
