@@ -180,6 +180,7 @@ def _write_cache(path: Path | None, key: tuple, value: tuple) -> None:
     if path is None:
         return
     payload = {"key": key, "value": _plain(value)}
+    path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob("*.pt"):  # runs long finished
         if time.time() - old.stat().st_mtime > 3 * 3600:
             old.unlink(missing_ok=True)
