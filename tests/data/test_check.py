@@ -195,3 +195,77 @@ def test_several_problems_one_line_each(folder_tree, med_cache, capsys) -> None:
     lines = captured.out.splitlines()
     assert len(lines) == 3 and all(line.startswith(str(root)) for line in lines)
     assert "3 problem(s)" in captured.err
+
+
+# ---------------------------------------------------------------------------- all problems in one pass
+
+
+def test_empty_report_and_unreadable_image_of_one_row_both_reported(folder_tree, med_cache, capsys) -> None:
+    root = folder_tree(n=4)
+    text, image = root / "client_01" / "texts" / "s0001.txt", root / "client_01" / "images" / "s0001.png"
+    text.write_text("")
+    image.write_bytes(b"not an image")
+    lines = problems_of(root, med_cache)
+    assert len(lines) == 2
+    assert f"{text}: empty report" in lines
+    assert any(line.startswith(f"{image}: unreadable image (") for line in lines)
+    assert main(["data", "check", str(root)]) == 1
+    captured = capsys.readouterr()
+    assert sorted(captured.out.splitlines()) == sorted(lines) and "Traceback" not in captured.err
+
+
+def test_problems_in_two_clients_and_a_client_without_labels(folder_tree, med_cache, capsys) -> None:
+    root = folder_tree(n=4)
+    c1, c2, c3 = (root / f"client_0{i}" for i in (1, 2, 3))
+    (c1 / "texts" / "s0001.txt").write_text("\n")
+    (c1 / "images" / "s0001.png").write_bytes(b"junk")
+    labels = c2 / "labels.csv"  # a row with an empty label whose image is also unreadable
+    labels.write_text(labels.read_text().replace("s1002,client_02-p1,normal", "s1002,client_02-p1,")
+                      .replace("s1002,client_02-p1,abnormal", "s1002,client_02-p1,"))
+    (c2 / "images" / "s1002.png").write_bytes(b"junk")
+    (c3 / "labels.csv").unlink()  # its files are still checked
+    (c3 / "texts" / "s2003.txt").write_text("  ")
+    lines = problems_of(root, med_cache)
+    expected = [f"{c1 / 'texts' / 's0001.txt'}: empty report", f"{labels}:4: empty label",
+                f"{c3 / 'labels.csv'}: missing file (every client folder needs a labels.csv)",
+                f"{c3 / 'texts' / 's2003.txt'}: empty report"]
+    unreadable = [c1 / "images" / "s0001.png", c2 / "images" / "s1002.png"]
+    assert len(lines) == len(expected) + len(unreadable)
+    assert all(e in lines for e in expected)
+    assert all(any(line.startswith(f"{p}: unreadable image (") for line in lines) for p in unreadable)
+    assert main(["data", "check", str(root)]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 6 and "6 problem(s)" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_mimic_bad_row_and_its_files_all_reported(mimic_tree, med_cache) -> None:
+    root = mimic_tree()
+    labels = root / "mimic-cxr-2.0.0-chexpert.csv"
+    rows = labels.read_text().splitlines()
+    cells = rows[1].split(",")
+    subject, study = cells[0], cells[1]
+    cells[2] = "7"
+    rows[1] = ",".join(cells)
+    labels.write_text("\n".join(rows) + "\n")
+    study_dir = next((root / "files").glob(f"p*/p{subject}/s{study}"))
+    report = study_dir.parent / f"s{study}.txt"
+    report.write_text("")
+    image = sorted(study_dir.glob("*.jpg"))[0]
+    image.write_bytes(b"junk")
+    lines = problems_of(root, med_cache)
+    assert len(lines) == 3
+    assert f"{labels}:2: bad label value: '7' is not 1.0, 0.0, -1.0 or blank" in lines
+    assert f"{report}: empty report" in lines
+    assert any(line.startswith(f"{image}: unreadable image (") for line in lines)
+
+
+def test_iu_entry_with_a_missing_image_still_checks_the_others(iu_trees, med_cache) -> None:
+    root = iu_trees["annotation"]()
+    two = sorted(d for d in (root / "images").iterdir() if len(list(d.glob("*.png"))) == 2)[0]
+    (two / "0.png").unlink()
+    (two / "1.png").write_bytes(b"junk")
+    lines = check(str(root), {}, med_cache)[2].lines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{two / '0.png'}: missing file (listed in")
+    assert lines[1].startswith(f"{two / '1.png'}: unreadable image (")

@@ -3,8 +3,13 @@ clients compute, keep state in Flower's context, and a resumed run finds the sit
 
 from __future__ import annotations
 
+import os
+import stat
+import tempfile
+
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.app import Message as FlowerMessage
 from flwr.supercore.task_identity import TaskIdentity
@@ -25,6 +30,13 @@ TINY = {"clients.multimodal": 1, "clients.image_only": 1, "clients.text_only": 1
 @pytest.fixture(scope="module")
 def cfg():
     return resolve({}, TINY)
+
+
+@pytest.fixture(autouse=True)
+def _own_temp_folder(tmp_path, monkeypatch):
+    """The handlers keep a per-run cache file in the temp folder: each test gets its own."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
 
 
 def _context(cfg, state_path, cid=1, resume=False) -> Context:
@@ -66,3 +78,68 @@ def test_train_matches_the_in_process_client_and_state_survives_a_resume(cfg, tm
     assert client_app._context(side, fresh, 0, 1).state == {}
     restored = client_app._context(side, resumed, 0, 1).state
     assert restored.keys() == state.keys() and all(np.array_equal(restored[k], state[k]) for k in state)
+
+
+def _same_tensors(a, b) -> bool:
+    return all((x is None and y is None) or (x.dtype == y.dtype and torch.equal(x, y))
+               for x, y in zip((a.x_img, a.x_txt, a.m_img, a.m_txt, a.y), (b.x_img, b.x_txt, b.m_img, b.m_txt, b.y),
+                               strict=True))
+
+
+def test_the_cache_file_round_trips_and_is_loaded_instead_of_preparing(cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(client_app, "_CACHE", {})
+    path = tmp_path / "run7-node101.pt"
+    first = client_app.load_client(cfg.to_toml(), 1, "", path)
+    assert path.exists()
+    _, spec, infos, _, _ = client_app._prepare(cfg, 1)
+    saved = client_app._read_cache(path, (cfg.to_toml(), "", 1))
+    assert saved is not None and saved[1] == spec and saved[2] == infos and saved[4] is None
+
+    def no_prepare(*a):
+        raise AssertionError("prepared again instead of read from the cache file")
+
+    monkeypatch.setattr(client_app, "_prepare", no_prepare)
+    client_app._CACHE.clear()
+    again = client_app.load_client(cfg.to_toml(), 1, "", path)
+    a, b = first.data, again.data
+    assert (b.cid, b.group, b.modalities) == (a.cid, a.group, a.modalities)
+    assert all(_same_tensors(getattr(a, s), getattr(b, s)) for s in ("train", "val", "test"))
+    assert _same_tensors(first.server_view, again.server_view)
+    assert again.method.spec == spec
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_cache_file_runs_no_code_and_the_cache_is_rebuilt(cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(client_app, "_CACHE", {})
+    path, marker = tmp_path / "run7-node101.pt", tmp_path / "pwned"
+    key = (cfg.to_toml(), "", 1)
+    torch.save({"key": key, "value": _Payload(marker)}, path)
+    side = client_app.load_client(cfg.to_toml(), 1, "", path)
+    assert not marker.exists()
+    assert side.data.cid == 1 and len(side.data.train) > 0
+    payload = torch.load(path, weights_only=True)  # rewritten: plain data only
+    assert payload["key"] == key and not marker.exists()
+
+
+def test_the_cache_folder_is_private_or_not_used(tmp_path, caplog):
+    folder = client_app._cache_folder()
+    assert folder is not None and folder.parent == tmp_path / "tmp"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+
+    folder.chmod(0o777)  # opened to others (or made by someone else): not used
+    assert client_app._cache_folder() is None
+    assert "not a folder private to this user" in caplog.text
+
+    folder.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    folder.symlink_to(tmp_path / "elsewhere")  # a link someone planted in the temp folder
+    assert client_app._cache_folder() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Path, Inpu
     return bundle, root, inputs, features.FORWARD_BATCHES - before
 
 
+@pytest.fixture
+def own_cache(cached: tuple[Bundle, Path, Inputs, int], tmp_path: Path) -> Path:
+    """A copy of the module's cache root, for a test that writes to its cache: the shared root
+    is only read, so no test sees another's files (any order)."""
+    own = tmp_path / "cache"
+    shutil.copytree(cached[1], own)
+    return own
+
+
 def test_frozen_shapes_and_dtypes(cached: tuple[Bundle, Path, Inputs, int]) -> None:
     _, _, inputs, batches = cached
     assert batches >= 2  # at least one image and one text batch really ran
@@ -91,9 +101,9 @@ def test_cache_hit_runs_no_forward_pass(
 
 
 def test_changed_content_changes_key_and_recomputes(
-    cached: tuple[Bundle, Path, Inputs, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    cached: tuple[Bundle, Path, Inputs, int], own_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    bundle, root, _, _ = cached
+    bundle, root = cached[0], own_cache
     images = bundle.images.copy()
     images[3, 1, 10, 10, 0] ^= 1
     texts = list(TEXTS)
@@ -123,7 +133,7 @@ def test_changed_content_changes_key_and_recomputes(
     build_inputs(make_bundle(texts=texts), "frozen", cache=root, progress=False)
     assert calls == ["image", "text"]
     # an unrelated cache root has nothing cached
-    build_inputs(make_bundle(), "frozen", cache=tmp_path, progress=False)
+    build_inputs(make_bundle(), "frozen", cache=tmp_path / "other", progress=False)
     assert calls == ["image", "text", "image", "text"]
 
 
@@ -220,11 +230,12 @@ def test_hashed_tokens_are_stable() -> None:
 
 @pytest.mark.parametrize("damage", ["nan", "truncated", "garbage"])
 def test_a_damaged_cache_file_is_recomputed(
-    cached: tuple[Bundle, Path, Inputs, int], damage: str
+    cached: tuple[Bundle, Path, Inputs, int], own_cache: Path, damage: str
 ) -> None:
     """NaN written into a cache file, a file cut short, or random bytes: the features are
     recomputed (never trained on) and come out as before."""
-    bundle, root, first, _ = cached
+    bundle, _, first, _ = cached
+    root = own_cache
     assert first.txt is not None
     expected = first.txt.clone()
     path = feature_cache_path(root, "text", bundle.texts)

@@ -2,7 +2,9 @@
 
 Each medical loader (``mimic_cxr``, ``iu_xray``, ``folder``, ``iu_reports``) only *scans* its
 layout into :class:`Sample` records and notes every defect it sees in a :class:`Problems` list
-(a missing file, an empty report, a label row with nothing behind it). :func:`assemble` then
+(a missing file, an empty report, a label row with nothing behind it). A row with a problem
+stays a sample with whatever it still has, so its other files are checked too (every problem
+is listed in one pass); any problem means no bundle is built. :func:`assemble` then
 decodes the images once (greyscale, resized, cached on disk by file content), records the
 unreadable ones, checks that no patient sits in two clients or two splits, and builds the
 :class:`~adamodal.data.base.Bundle`. Loading raises one :class:`DataError` listing every
@@ -195,9 +197,10 @@ def decode_images(paths: Sequence[Path], size: int, cache: Path, problems: Probl
         try:
             with np.load(out_path, allow_pickle=False) as z:
                 images, bad = z["images"], z["bad"]
-            if images.shape == (len(paths), size, size):
+                reasons = z["reasons"] if "reasons" in z.files else np.full(len(paths), "")
+            if images.shape == (len(paths), size, size) and reasons.shape == (len(paths),):
                 for i in np.flatnonzero(bad):
-                    problems.add(paths[i], "unreadable image")
+                    problems.add(paths[i], f"unreadable image ({reasons[i]})" if reasons[i] else "unreadable image")
                 return images
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # corrupt cache: decode again
@@ -217,7 +220,8 @@ def decode_images(paths: Sequence[Path], size: int, cache: Path, problems: Probl
         problems.add(paths[i], f"unreadable image ({errors[i]})")
     bad = np.zeros(len(paths), bool)
     bad[list(errors)] = True
-    atomic_save_npz(out_path, images=images, bad=bad)
+    reasons = np.array([errors.get(i, "") for i in range(len(paths))], dtype=str)
+    atomic_save_npz(out_path, images=images, bad=bad, reasons=reasons)
     return images
 
 
@@ -309,7 +313,8 @@ def assemble(
 
 @dataclass
 class Scan:
-    """What a loader read from its layout, before decoding."""
+    """What a loader read from its layout, before decoding. ``samples`` may hold rows that have
+    problems (so their images are decoded and checked too); there is then no bundle."""
 
     samples: list[Sample]
     task: Task

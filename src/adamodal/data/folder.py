@@ -70,6 +70,19 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
+def _report(path: Path, problems: Problems) -> str | None:
+    """A report's FINDINGS + IMPRESSION, or None (and a problem) when unreadable or empty."""
+    try:
+        text = findings_impression(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(path, f"unreadable report ({exc})")
+        return None
+    if not text:
+        problems.add(path, "empty report")
+        return None
+    return text
+
+
 class FolderSource(MedicalSource):
     """Per-site folders of X-rays, reports and labels; each folder is one client."""
 
@@ -99,9 +112,11 @@ class FolderSource(MedicalSource):
             folders.append(root / TEST_FOLDER)
         header_ref: tuple[Path, list[str]] | None = None
         raw: list[tuple[Sample, dict[str, str]]] = []
+        unlabelled: list[Sample] = []  # rows whose labels cannot be read: their files are still checked
         for folder in folders:
             scanned = self._scan_client(folder, problems)
             if scanned is None:
+                unlabelled.extend(self._client_files(folder, problems))
                 continue
             header, rows = scanned
             cols = ["label"] if "label" in header else [h for h in header if h not in RESERVED]
@@ -110,10 +125,11 @@ class FolderSource(MedicalSource):
             elif cols != header_ref[1]:
                 problems.add(folder / "labels.csv", f"label columns {cols} differ from "
                              f"{header_ref[0]}'s {header_ref[1]}")
+                unlabelled.extend(sample for sample, _ in rows)
                 continue
             raw.extend(rows)
         if header_ref is None:
-            return Scan([], "multiclass", [])
+            return Scan(unlabelled, "multiclass", [])
         cols = header_ref[1]
         samples: list[Sample] = []
         if cols == ["label"]:
@@ -123,7 +139,6 @@ class FolderSource(MedicalSource):
                 value = row.get("label", "").strip()
                 if not value:
                     problems.add(sample.source, "empty label")
-                    continue
                 sample.label = value
                 samples.append(sample)
         else:
@@ -136,8 +151,8 @@ class FolderSource(MedicalSource):
                     sample.label = [uncertain_value(row.get(c, ""), policy) for c in classes]
                 except ValueError as exc:
                     problems.add(sample.source, f"bad label value: {exc}")
-                    continue
                 samples.append(sample)
+        samples.extend(unlabelled)
         if mode == "partition":
             for s in samples:
                 s.client = None
@@ -184,25 +199,14 @@ class FolderSource(MedicalSource):
                 used_img.add(image)
             if isinstance(tpath, Path):
                 used_txt.add(tpath)
-            if image is False or tpath is False:
-                continue  # a named file is missing: already a problem
-            text = None
-            if tpath is not None:
-                try:
-                    text = findings_impression(tpath.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError) as exc:
-                    problems.add(tpath, f"unreadable report ({exc})")
-                    continue
-                if not text:
-                    problems.add(tpath, "empty report")
-                    continue
-            if image is None and text is None:
+            text = _report(tpath, problems) if isinstance(tpath, Path) else None
+            if image is None and tpath is None:
                 problems.add(where, f"label row {sid} has no image or report")
-                continue
             patient = row.get(patient_col, "").strip() if patient_col else ""
             sample = Sample(
-                id=sid, patient=patient or f"{folder.name}/{sid}", label="", image=image or None,
-                text=text, source=where, client=client, test=client is None,
+                id=sid, patient=patient or f"{folder.name}/{sid}", label="",
+                image=image if isinstance(image, Path) else None, text=text, source=where,
+                client=client, test=client is None,
             )
             out.append((sample, row))
         for path in sorted(set(images.values()) - used_img):
@@ -210,6 +214,20 @@ class FolderSource(MedicalSource):
         for path in sorted(set(texts.values()) - used_txt):
             problems.add(path, "no row in labels.csv")
         return header, out
+
+    @staticmethod
+    def _client_files(folder: Path, problems: Problems) -> list[Sample]:
+        """A client whose labels cannot be read still has its files checked: each image (decoded
+        with the rest) and each report, as unlabelled samples (there are problems already)."""
+        img_dir, txt_dir = folder / "images", folder / "texts"
+        images = _files_by_stem(img_dir, IMAGE_SUFFIXES) if img_dir.is_dir() else {}
+        texts = _files_by_stem(txt_dir, (".txt",)) if txt_dir.is_dir() else {}
+        out = []
+        for stem in sorted(set(images) | set(texts)):
+            text = _report(texts[stem], problems) if stem in texts else None
+            out.append(Sample(id=stem, patient=f"{folder.name}/{stem}", label="", image=images.get(stem),
+                              text=text, source=str(images.get(stem) or texts[stem])))
+        return out
 
     @staticmethod
     def _named(name: str, folder: Path, by_stem: Path | None, where: str,

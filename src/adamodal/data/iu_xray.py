@@ -130,23 +130,21 @@ class IUXraySource(MedicalSource):
                     continue
                 text = " ".join(str(entry.get("report") or "").split())
                 paths = [images_dir / str(p) for p in (entry.get("image_path") or [])]
-                missing = [p for p in paths if not p.is_file()]
-                for p in missing:
-                    problems.add(p, f"missing file (listed in {where})")
-                if missing:
-                    continue
+                for p in paths:
+                    if not p.is_file():
+                        problems.add(p, f"missing file (listed in {where})")
                 if not text and "report" in entry:
                     problems.add(where, "empty report")
-                    continue
-                if not paths and not text:
+                elif not paths and not text:
                     problems.add(where, f"label row {sid} has no image or report")
                     continue
+                paths = [p for p in paths if p.is_file()]  # the others are problems already
                 label = _label(report, kind)
                 test = str(entry.get("split", split)) == "test"
                 for p in paths:
                     samples.append(Sample(id=f"{sid}/{p.stem}", patient=uid, label=label, image=p,
                                           text=text or None, source=where, test=test))
-                if not paths:
+                if not paths and text:
                     samples.append(Sample(id=sid, patient=uid, label=label, text=text,
                                           source=where, test=test))
         return samples, {"layout": f"{ANNOTATION} + images/", "labels_from": mesh_where}
@@ -170,8 +168,8 @@ class IUXraySource(MedicalSource):
                     problems.add(root / f"{image_id}.png", f"missing file (listed in {where})")
                 else:
                     found.append(p)
-            if len(found) < len(report.images):
-                continue
+            if not found and report.images:
+                continue  # its images are missing (problems already): nothing left to check
             if not found and not report.text:
                 left_out += 1  # as published: a few reports have neither section nor image
                 continue

@@ -143,16 +143,14 @@ class MimicCxrSource(MedicalSource):
             if not pdir.is_dir():
                 skipped_patients.add(subject)
                 continue
+            label: list[float] | str = ""  # a bad row stays a sample: its files are still checked
             try:
                 vector = [uncertain_value(row[c], policy) for c in CHEXPERT_FINDINGS]
+                label = vector if kind == "findings" else normal_label(vector, CHEXPERT_FINDINGS)
             except ValueError as exc:
                 problems.add(where, f"bad label value: {exc}")
-                continue
-            label: list[float] | str = vector if kind == "findings" else normal_label(vector, CHEXPERT_FINDINGS)
             images = _study_images(pdir / f"s{study}")
             text = self._report(patient_dir(reports_root / "files", subject) / f"s{study}.txt", problems)
-            if text is False:
-                continue
             if not images and text is None:
                 problems.add(where, f"label row (study s{study}) has no image or report")
                 continue
@@ -160,8 +158,8 @@ class MimicCxrSource(MedicalSource):
                 split = split_of.get(img.stem)
                 samples.append(Sample(id=img.stem, patient=subject, label=label, image=img,
                                       text=text or None, source=str(img), test=split == "test"))
-            if not images:
-                samples.append(Sample(id=f"s{study}", patient=subject, label=label, text=text or None,
+            if not images and isinstance(text, str):
+                samples.append(Sample(id=f"s{study}", patient=subject, label=label, text=text,
                                       source=where, test=study_split.get(study) == "test"))
         self._check_split_files(files, split_rows, problems)
         extra = self.options.get("iu_reports", False)

@@ -16,7 +16,10 @@ kept in a per-process cache (Flower's simulation reuses its worker processes).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+import stat
 import tempfile
 import time
 import tomllib
@@ -35,9 +38,12 @@ from adamodal.engine.tensors import Tensors
 from adamodal.errors import AdamodalError
 from adamodal.flower.app import CONFIG_KEY
 from adamodal.flower.records import control_of, eval_to_records, from_records, to_records
-from adamodal.methods.base import ClientContext, Method
+from adamodal.methods.base import ClientContext, ClientInfo, Method
+from adamodal.model import ModelSpec
 
 STATE_KEY = "adamodal.state"
+
+_log = logging.getLogger("adamodal.flower.client_app")
 
 app = ClientApp()
 
@@ -69,8 +75,9 @@ def load_client(config_text: str, cid: int, data_path: str, cache_file: Path | N
     """Prepare client ``cid`` exactly as the simulator would (same config, same seeds).
 
     In a deployment every message starts a fresh ClientApp process, so the prepared tensors
-    are also kept in ``cache_file`` (one per run and node, in the temp folder) and loaded
-    from there by the run's later messages instead of being prepared again."""
+    are also kept in ``cache_file`` (one per run and node, in this user's private folder in the
+    temp folder; tensors and plain containers only) and loaded from there by the run's later
+    messages instead of being prepared again."""
     key = (config_text, data_path, cid)
     if key in _CACHE:
         return _CACHE[key]
@@ -108,32 +115,83 @@ def _prepare(cfg: Any, cid: int) -> tuple:
     return by_cid[cid], exp.spec, exp.infos(), exp.test_as_client[cid], exp.test
 
 
+def _cache_folder() -> Path | None:
+    """The folder for the per-run cache files: in the temp folder, this user's own (created
+    0700, and checked to be a real folder owned by us and closed to others), or ``None`` (no
+    file cache: every message prepares the data again) when it is not."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / (f"adamodal-flower-{uid}" if uid is not None else "adamodal-flower")
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+    except OSError as e:
+        _log.warning("adamodal: no ClientApp cache file (cannot create %s: %s)", folder, e)
+        return None
+    if uid is not None and (not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077):
+        _log.warning("adamodal: no ClientApp cache file: %s is not a folder private to this user "
+                     "(owner %d, mode %o); remove it to get the cache back", folder, st.st_uid,
+                     stat.S_IMODE(st.st_mode))
+        return None
+    return folder
+
+
+# The cache file holds only tensors and plain containers (loaded with ``weights_only=True``, so
+# a planted file cannot run code); these dataclasses are stored as dicts tagged with their name.
+_KINDS = {c.__name__: c for c in (ClientData, Tensors, ModelSpec, ClientInfo)}
+_KIND = "__kind__"
+
+
+def _plain(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        if type(x).__name__ not in _KINDS:
+            raise TypeError(f"the ClientApp cache cannot store a {type(x).__name__}")
+        return {_KIND: type(x).__name__, **{f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}}
+    if type(x) in (list, tuple):
+        return type(x)(_plain(v) for v in x)
+    if type(x) is dict:
+        return {k: _plain(v) for k, v in x.items()}
+    if x is None or isinstance(x, (torch.Tensor, str, int, float, bool)):
+        return x
+    raise TypeError(f"the ClientApp cache cannot store a {type(x).__name__}")
+
+
+def _unplain(x: Any) -> Any:
+    if type(x) in (list, tuple):
+        return type(x)(_unplain(v) for v in x)
+    if type(x) is dict:
+        fields = {k: _unplain(v) for k, v in x.items() if k != _KIND}
+        return _KINDS[x[_KIND]](**fields) if _KIND in x else fields
+    return x
+
+
 def _read_cache(path: Path | None, key: tuple) -> tuple | None:
     if path is None or not path.exists():
         return None
     try:
-        payload = torch.load(path, weights_only=False)
-    except Exception:  # noqa: BLE001 - a torn or foreign file is just a cache miss
+        payload = torch.load(path, weights_only=True)
+        if payload.get("key") != key:
+            return None
+        return _unplain(payload["value"])
+    except Exception:  # noqa: BLE001 - a torn, stale or foreign file is just a cache miss
         return None
-    if payload.get("key") != key:
-        return None
-    return payload["value"]
 
 
 def _write_cache(path: Path | None, key: tuple, value: tuple) -> None:
     if path is None:
         return
+    payload = {"key": key, "value": _plain(value)}
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob("*.pt"):  # runs long finished
         if time.time() - old.stat().st_mtime > 3 * 3600:
             old.unlink(missing_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"key": key, "value": value}, tmp)
+    torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
 def _side(context: Context) -> ClientSide:
-    cache = Path(tempfile.gettempdir()) / "adamodal-flower" / f"run{context.run_id}-node{context.node_id}.pt"
+    folder = _cache_folder()
+    cache = None if folder is None else folder / f"run{context.run_id}-node{context.node_id}.pt"
     return load_client(str(context.run_config[CONFIG_KEY]), client_id(context.node_config),
                        str(context.node_config.get("data-path", "")), cache)
 
