@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.tau": 1.0,
     "adamodal.beta": 0.1,
     # stage 5: the server's calibration of the shared head from class statistics
-    "adamodal.calibrate": True,
+    "adamodal.calibrate": False,
     "adamodal.calibrate_samples": 64,
     "adamodal.calibrate_epochs": 3,
     # local training and the global update
