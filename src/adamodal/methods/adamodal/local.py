@@ -51,6 +51,7 @@ class LocalTerms:
     beta: float = 0.1
     modality_dropout: float = 0.3
     restrict: float = 1.0
+    impute_loss: str = "mse"
 
 
 def dropout_masks(m_img: torch.Tensor, m_txt: torch.Tensor, p: float,
@@ -73,7 +74,8 @@ def local_terms(fwd: Forward, terms: LocalTerms) -> torch.Tensor:
     if terms.infonce_weight > 0 and "image" in fwd.reps and "text" in fwd.reps and bool(paired.any()):
         loss = loss + terms.infonce_weight * info_nce(fwd.reps["image"][paired], fwd.reps["text"][paired],
                                                       terms.infonce_temperature)
-    for extra in (imputation_loss(fwd.reps, fwd.imputed, paired, terms.impute_weight),
+    for extra in (imputation_loss(fwd.reps, fwd.imputed, paired, terms.impute_weight, terms.impute_loss,
+                                  terms.infonce_temperature),
                   propagation_loss(fwd.reps, fwd.protos, fwd.rows, terms.beta)):
         if extra is not None:
             loss = loss + extra

@@ -59,7 +59,7 @@ class AdaModalFed(Method):
         o = self.opt
         self.terms = LocalTerms(float(o["infonce_weight"]), float(o["infonce_temperature"]),
                                 float(o["impute_weight"]), float(o["beta"]), float(o["modality_dropout"]),
-                                float(o["restrict"]))
+                                float(o["restrict"]), str(o["impute_loss"]))
         self._initial: dict[str, np.ndarray] | None = None
         self._server_model: AdaModalNet | None = None
 

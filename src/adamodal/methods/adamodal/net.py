@@ -137,7 +137,7 @@ class AdaModalNet(MultimodalNet):
         self.gate = ForgetGate(dim, tau)
         for name in ("img_proj", "txt_proj"):
             proj = getattr(self, name, None)
-            if isinstance(proj, Projection):
+            if isinstance(proj, Projection) and rank > 0:  # rank 0: the full projection, all of it global
                 setattr(self, name, FactorizedProjection(proj, rank, personal_rank))
         if adapter_rank > 0:
             factorize_adapter(self.adapter, adapter_rank)

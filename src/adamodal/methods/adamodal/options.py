@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from adamodal.errors import ConfigError
-from adamodal.methods.adamodal.imputation import IMPUTE_MODES
+from adamodal.methods.adamodal.imputation import IMPUTE_LOSSES, IMPUTE_MODES
 
 SHARE_MODES = ("centroids", "embeddings")
 SUMMARY_MODES = ("kmeans", "classes")
@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.cross_attention": True,
     "adamodal.impute": "cross_attention",
     "adamodal.impute_weight": 1.0,
+    "adamodal.impute_loss": "mse",
     "adamodal.heads": 4,
     # stage 4: propagation and gating
     "adamodal.gate": True,
@@ -63,7 +64,7 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """``{short key: value}`` from the config, checked; one ConfigError naming the key."""
     o = {k.split(".", 1)[1]: cfg.get(k, v) for k, v in DEFAULTS.items()}
     for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES),
-                       ("summary", SUMMARY_MODES)):
+                       ("summary", SUMMARY_MODES), ("impute_loss", IMPUTE_LOSSES)):
         if o[key] not in valid:
             raise ConfigError(f"adamodal.{key}: {o[key]!r} is not one of {', '.join(valid)}")
     if not 0 < float(o["kd_threshold"]) < 1:
@@ -74,10 +75,10 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("kd_weight", "infonce_weight", "beta", "dp_sigma", "impute_weight"):
         if float(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
-    for key in ("k_local", "k", "heads", "kd_teachers", "rank", "min_count"):
+    for key in ("k_local", "k", "heads", "kd_teachers", "min_count"):
         if int(o[key]) < 1:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 1")
-    for key in ("warmup_epochs", "kd_epochs", "personal_rank", "adapter_rank", "calibrate_samples", "calibrate_epochs"):
+    for key in ("warmup_epochs", "kd_epochs", "rank", "personal_rank", "adapter_rank", "calibrate_samples", "calibrate_epochs"):
         if int(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
     if not 0 <= float(o["restrict"]) <= 1:
