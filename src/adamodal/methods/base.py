@@ -116,6 +116,8 @@ class Method(ABC):
     #: the inputs this method's model can use: cached frozen-tower ``features`` and/or ``raw``
     #: inputs for small trainable towers (``towers=small``)
     input_kinds: ClassVar[tuple[str, ...]] = ("features", "raw")
+    #: True when the method cannot run without the server's public paired set (``split.public``)
+    needs_public: ClassVar[bool] = False
 
     def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
         self.cfg = cfg
@@ -138,6 +140,12 @@ class Method(ABC):
         return state_arrays(build_model(self.spec, self.seed))
 
     # ---- server side ----------------------------------------------------------------
+    def set_public(self, public: Tensors) -> None:  # noqa: B027 - optional hook
+        """The server's public paired set (image + text + labels of every item, ``split.public``
+        of the identity groups, held out from every client and from the server's test set),
+        handed over by the runtime before :meth:`init_server` when ``split.public > 0``. Being
+        public, whatever a method derives from it may go to the clients. Ignored by default."""
+
     def init_server(self) -> None:  # noqa: B027 - optional hook
         """Create the server's initial state (e.g. global parameters)."""
 
