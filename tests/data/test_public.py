@@ -9,7 +9,13 @@ import pytest
 
 from adamodal.data.scenario import SPLITS, build_scenario
 from adamodal.errors import ConfigError
-from tests.data.test_scenario import _predefined_bundle, cfg_for, client_cells, groups_of, make_bundle
+from tests.data.test_scenario import (
+    _predefined_bundle,
+    cfg_for,
+    client_cells,
+    groups_of,
+    make_bundle,
+)
 
 
 def test_public_items_are_nobody_elses():
