@@ -141,8 +141,8 @@ def test_prediction_mixes_prototypes_by_the_present_modality_posterior():
     torch.testing.assert_close(flat.x_txt[0], protos["text"].mean(0), atol=1e-3, rtol=0)  # ~uniform mix
 
 
-def _trained(exp, impute: bool):
-    exp = with_config(exp, method="prototype", prototype__impute=impute, rounds=1, local_epochs=1)
+def _trained(exp, impute: bool, **extra):
+    exp = with_config(exp, method="prototype", prototype__impute=impute, rounds=1, local_epochs=1, **extra)
     from adamodal.engine.simulator import Simulator
 
     sim = Simulator(exp, "/nonexistent", progress=False)
@@ -195,3 +195,20 @@ def test_bad_settings_name_the_key(overrides, needle):
     raw = ModelSpec("multiclass", 3, ("image", "text"), "raw", 5, 4, (5,))
     with pytest.raises(ConfigError, match="towers=frozen"):
         Prototype(resolve({}, {"method": "prototype"}), raw, [])
+
+
+def test_batched_training_fills_like_sequential_training(small_experiment):
+    """``batch_clients``: each client's fill runs inside the vmapped step as it would alone."""
+    exp, sim = _trained(small_experiment, True, model__dropout=0.0)
+    m = sim.method
+    ctxs = [sim.clients.context(c.cid, 7 + c.cid) for c in exp.clients if c.group != "multimodal"]
+    msgs = [m.configure("train", 2, [c.cid])[c.cid] for c in ctxs]
+    together = m.client_steps("train", 2, ctxs, msgs)
+    assert together is not None and m.client_steps("prototypes", 1, ctxs, msgs) is None
+    for ctx, msg, reply in zip(ctxs, msgs, together, strict=True):
+        alone = m.client_step("train", 2, ctx, msg)
+        data = exp.test["image" if "image" in ctx.modalities else "text"]
+        protos = m.prototype_arrays()
+        p_together = predict(m.client_model(ctx, Message({**reply.arrays, **protos})), data, "multiclass")
+        p_alone = predict(m.client_model(ctx, Message({**alone.arrays, **protos})), data, "multiclass")
+        np.testing.assert_allclose(p_together, p_alone, atol=1e-3)
