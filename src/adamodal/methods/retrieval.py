@@ -116,7 +116,7 @@ class RetrievalNet(FillingNet):
 class Retrieval(FedAvg):
     name = "retrieval"
     description = "CAR-MFL: a missing modality retrieved from the server's public pairs (split.public)"
-    config_defaults: ClassVar[dict[str, Any]] = {"retrieval.impute": True, "retrieval.alpha": 0.3, "retrieval.k": 1}
+    config_defaults: ClassVar[dict[str, Any]] = {"retrieval.impute": True, "retrieval.alpha": 0.3, "retrieval.k": 5}
     input_kinds = ("features",)
     needs_public = True
 
