@@ -101,7 +101,8 @@ class ClientContext:
 class Method(ABC):
     """One federated (or baseline) algorithm. Subclasses live one per file in ``methods/``.
 
-    Lifecycle on the server: ``__init__`` -> ``init_server`` -> for each round: for each phase
+    Lifecycle on the server: ``__init__`` -> (``set_public`` when ``split.public > 0``) ->
+    ``init_server`` -> for each round: for each phase
     in ``phases(rnd)``: ``participants`` -> ``configure`` -> (clients run ``client_step``) ->
     ``aggregate``; then ``end_round``. Evaluation uses ``eval_message`` (server) and
     ``client_model`` (client), and ``global_model`` for the server's test set.
