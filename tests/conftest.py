@@ -27,10 +27,21 @@ def small_experiment():
 
 
 @pytest.fixture(scope="session")
-def experiment_for(small_experiment):
+def public_experiment():
+    """The same 5 clients' scenario with a public paired set on the server (``split.public=0.1``;
+    the clients hold a little less), for methods that need one (``Method.needs_public``)."""
+    from adamodal.config import resolve
+    from adamodal.engine.simulator import prepare
+
+    return prepare(resolve({}, {**SMALL, "split.public": 0.1}), progress=False)
+
+
+@pytest.fixture(scope="session")
+def experiment_for(small_experiment, request):
     """``experiment_for(method, **overrides)``: the same 5 clients prepared for what the method's
-    model reads (frozen features, or raw inputs with ``towers=small``), so tests that run every
-    method (``method_names()``) cover methods added later whatever their towers."""
+    model reads (frozen features, or raw inputs with ``towers=small``), and with the server's
+    public set when the method needs one, so tests that run every method (``method_names()``)
+    cover methods added later whatever their towers."""
     from adamodal.config import resolve
     from adamodal.engine.simulator import prepare
     from adamodal.methods import get_method_class
@@ -38,6 +49,9 @@ def experiment_for(small_experiment):
     raw: list = []
 
     def get(method: str, **overrides):
+        if get_method_class(method).needs_public:
+            public = request.getfixturevalue("public_experiment")
+            return with_config(public, method=method, split__public=0.1, **overrides)
         if "features" in get_method_class(method).input_kinds:
             return with_config(small_experiment, method=method, **overrides)
         if not raw:

@@ -46,6 +46,8 @@ CORE_DEFAULTS: dict[str, Any] = {
     "split.val": 0.1,
     "split.test": 0.2,
     "split.global_test": 0.2,
+    # identity groups held out for the server's public paired set (retrieval imputation)
+    "split.public": 0.0,
     "data.max_items": 0,
     "domains.holdout": "",
     "eval.every": 1,
@@ -98,6 +100,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "split.val": (0, 1, True, False),
     "split.test": (0, 1, True, False),
     "split.global_test": (0, 1, True, False),
+    "split.public": (0, 1, True, False),
     "data.max_items": (0, 1e12, True, True),
     "eval.every": (1, 1e9, True, True),
     "eval.max_rows": (1, 1e12, True, True),

@@ -25,9 +25,14 @@ def _run(tmp_path, dies=None, **overrides):
     return cfg, run_server(LoopbackGrid(rc, 3, tmp_path / "state", dies), rc)
 
 
-@pytest.mark.parametrize("method", ["adamodal", "local"])  # local: no server model, clients score the test set
-def test_the_flower_code_path_equals_the_simulator(tmp_path, method):
-    cfg, summary = _run(tmp_path, method=method)
+@pytest.mark.parametrize(("method", "extra"), [
+    ("adamodal", {}),
+    ("local", {}),  # no server model: clients score the test set
+    ("prototype", {}),  # a first phase that asks every client
+    ("retrieval", {"split.public": 0.1}),  # the ServerApp hands the method its public set
+])
+def test_the_flower_code_path_equals_the_simulator(tmp_path, method, extra):
+    cfg, summary = _run(tmp_path, method=method, **extra)
     ref = Simulator(prepare(cfg, progress=False), tmp_path / "ref", progress=False).run()
     assert summary["groups"] == ref["groups"] and summary["test"] == ref["test"]
     assert ref["bytes_up"] <= summary["bytes_up"] <= ref["bytes_up"] * 1.01

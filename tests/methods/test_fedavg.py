@@ -58,3 +58,90 @@ def test_client_step_trains_and_reports_its_size(small_experiment):
 def _own_test_auc(m, c, arrays) -> float:
     scores = predict(load_arrays(m.model(), arrays), c.test, "multiclass")
     return compute_metrics(scores, c.test.y.numpy(), "multiclass")["macro_auc"]
+
+
+# ---- modality dropout (fedavg.modality_dropout) -----------------------------------------------
+
+def _dropout_method(exp, p: float, **extra):
+    exp = with_config(exp, method="fedavg", fedavg__modality_dropout=p, **extra)
+    m = FedAvg(exp.cfg, exp.spec, exp.infos())
+    m.init_server()
+    return exp, m
+
+
+def _ctx(m, c, seed: int = 0):
+    from adamodal.methods.base import ClientContext
+
+    return ClientContext(c.cid, c.group, c.modalities, c.train, c.val, c.test, m.spec, m.cfg, seed, m.device)
+
+
+def test_modality_dropout_changes_what_a_multimodal_client_learns(small_experiment):
+    """The stage is live: the same client, seed and start give another model with p > 0, and
+    an image-only client (no pair to drop from) trains exactly as without it."""
+    from adamodal.engine.clients import client_step
+
+    replies = {}
+    for p in (0.0, 0.5):
+        exp, m = _dropout_method(small_experiment, p)
+        by_group = {c.group: c for c in exp.clients}
+        replies[p] = {g: client_step(m, "train", 1, _ctx(m, c), m.configure("train", 1, [c.cid])[c.cid])
+                      for g, c in by_group.items()}
+    mm0, mm1 = replies[0.0]["multimodal"].arrays, replies[0.5]["multimodal"].arrays
+    assert max(float(np.abs(mm0[k] - mm1[k]).max()) for k in mm0 if mm0[k].dtype.kind == "f") > 1e-3
+    io0, io1 = replies[0.0]["image_only"].arrays, replies[0.5]["image_only"].arrays
+    assert all(np.array_equal(io0[k], io1[k]) for k in io0)
+
+
+def test_modality_dropout_never_touches_evaluation(small_experiment, monkeypatch):
+    import adamodal.methods.fedavg as fedavg_module
+    from adamodal.engine.clients import evaluate_client
+
+    calls = []
+    real = fedavg_module.modality_dropout
+
+    def counting(p, generator):
+        drop = real(p, generator)
+
+        def run(batch):
+            calls.append(len(batch))
+            return drop(batch)
+
+        return run
+
+    monkeypatch.setattr(fedavg_module, "modality_dropout", counting)
+    exp, m = _dropout_method(small_experiment, 1.0)
+    c = exp.clients[0]
+    m.client_step("train", 1, _ctx(m, c), m.configure("train", 1, [c.cid])[c.cid])
+    assert sum(calls) == len(c.train) * int(exp.cfg["local_epochs"])  # every training row, each epoch
+    calls.clear()
+    ev = evaluate_client(m, _ctx(m, c), m.eval_message(c.cid), exp.test_as_client[c.cid], exp.test)
+    assert calls == [] and ev.test_metrics["both"]["n"] > 0
+
+
+def test_modality_dropout_batched_matches_sequential(small_experiment):
+    """``batch_clients``: each client draws its dropout from its own stream, as sequentially."""
+    from adamodal.engine.train import predict
+
+    exp, m = _dropout_method(small_experiment, 0.5, model__dropout=0.0)
+    clients = [c for c in exp.clients if c.group == "multimodal"][:2]
+    ctxs = [_ctx(m, c, seed=10 + i) for i, c in enumerate(clients)]
+    msgs = [m.configure("train", 1, [c.cid])[c.cid] for c in clients]
+    together = m.client_steps("train", 1, ctxs, msgs)
+    assert together is not None
+    data = exp.test["image"]
+    for ctx, msg, reply in zip(ctxs, msgs, together, strict=True):
+        alone = m.client_step("train", 1, ctx, msg)
+        p_alone = predict(m.client_model(ctx, alone), data, exp.spec.task)
+        p_together = predict(m.client_model(ctx, reply), data, exp.spec.task)
+        np.testing.assert_allclose(p_together, p_alone, atol=1e-3)
+
+
+def test_modality_dropout_must_be_a_probability(small_experiment):
+    import pytest
+
+    from adamodal.errors import ConfigError
+
+    exp = with_config(small_experiment, method="fedavg")
+    cfg = dict(exp.cfg, **{"fedavg.modality_dropout": 1.5})
+    with pytest.raises(ConfigError, match="fedavg.modality_dropout"):
+        FedAvg(cfg, exp.spec, exp.infos())

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adamodal.data._public import check_public, hold_out_public, public_rows
 from adamodal.data.base import Bundle
 from adamodal.data.partition import partition_groups
 from adamodal.errors import ConfigError, DataError
@@ -76,6 +77,8 @@ class Scenario:
     domains: list[str]
     #: the image domain no client trains on (leave-one-domain-out), or None
     holdout: int | None = None
+    #: the server's public paired set (``split.public``, see :mod:`adamodal.data._public`) or None
+    public: View | None = None
 
     def test_view_for(self, client: ClientSpec, max_rows: int | None = None, seed: int = 0) -> View:
         """The server's test set through one client's eyes: its modalities and image domain,
@@ -314,6 +317,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     """Deterministic for a given bundle and config (everything is drawn from ``cfg['seed']``)."""
     check_group_integrity(bundle)
     if bundle.clients is not None:
+        check_public(bundle, float(cfg.get("split.public", 0.0)))
         return _predefined_scenario(bundle, cfg)
     seed = int(cfg["seed"])
     rng = np.random.default_rng([seed, 7])
@@ -341,6 +345,8 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
         perm = rng.permutation(all_groups)
         test_groups, pool_groups = perm[:n_test], np.sort(perm[n_test:])
         test_items = _items_of(bundle.groups, test_groups)
+    public_groups, pool_groups = hold_out_public(bundle, pool_groups, len(all_groups),
+                                                 float(cfg.get("split.public", 0.0)), seed)
     limit = int(cfg.get("data.max_items", 0) or 0)
     if limit:
         # quick experiments and tests: a seeded random subset of the clients' pool (whole groups)
@@ -388,10 +394,11 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
             spec.splits[split] = view
         clients.append(spec)
 
+    public = View(*public_rows(bundle, _items_of(bundle.groups, public_groups), train_domains)) if len(public_groups) else None
     # 3. global test views: every (item, domain) pair for image conditions (only the held-out
     #    domain under leave-one-domain-out), each item once for text
     return Scenario(clients=clients, test=_test_views(bundle, test_items, holdout),
-                    domains=list(bundle.domains), holdout=holdout)
+                    domains=list(bundle.domains), holdout=holdout, public=public)
 
 
 def _group_kind(bundle: Bundle, groups: np.ndarray) -> np.ndarray:

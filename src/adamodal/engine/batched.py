@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 
 from adamodal.engine.tensors import Tensors
+from adamodal.engine.train import BatchTransform
 
 #: params[name] -> anchors[name] -> extra loss of one client (e.g. FedProx's proximal term)
 ParamPenalty = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
@@ -54,17 +55,23 @@ def _plan(lengths: list[int], bs: int, epochs: int, generators: list[torch.Gener
     return [p + [None] * (steps - len(p)) for p in plans]
 
 
-def _gather(datas: list[Tensors], rows: list[torch.Tensor | None], bs: int, task: str) -> dict[str, torch.Tensor]:
-    """One step's batches of all clients, padded to ``bs`` rows; padded rows weigh 0.
+def _gather(datas: list[Tensors], rows: list[torch.Tensor | None], bs: int, task: str,
+            transforms: list[BatchTransform | None] | None = None) -> dict[str, torch.Tensor]:
+    """One step's batches of all clients, padded to ``bs`` rows; padded rows weigh 0. A
+    client's batch transform (modality dropout, imputation) runs on its real rows, as in
+    the sequential loop; a client out of batches draws nothing.
 
     Padded rows claim one present modality (zeros) rather than none: a row with no modality
     at all has an undefined (NaN) gate gradient, which a zero loss weight would not cancel."""
     ref = datas[0]
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_img", "x_txt", "m_img", "m_txt", "y", "w")}
-    for data, r in zip(datas, rows, strict=True):
+    for i, (data, r) in enumerate(zip(datas, rows, strict=True)):
+        transform = transforms[i] if transforms is not None and r is not None else None
         r = torch.zeros(0, dtype=torch.long) if r is None else r
         pad = bs - len(r)
         b = data.subset(r)
+        if transform is not None:
+            b = transform(b)
 
         def padded(t: torch.Tensor, pad: int = pad) -> torch.Tensor:
             return torch.cat([t, t.new_zeros((pad, *t.shape[1:]))]) if pad else t
@@ -161,11 +168,13 @@ def train_clients(
     task: str,
     generators: list[torch.Generator],
     penalty: ParamPenalty | None = None,
+    transforms: list[BatchTransform | None] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
     """Train one model per client, all at once; returns each client's trained state and mean loss.
 
     ``start[i]`` is client i's initial state (parameters and buffers, as from ``state_dict``);
-    ``penalty(params, anchors)`` adds a per-client loss on its parameters, anchored at its start.
+    ``penalty(params, anchors)`` adds a per-client loss on its parameters, anchored at its start;
+    ``transforms[i]`` rewrites client i's batches as ``train_epochs(batch_transform=...)`` does.
     """
     epochs, bs = int(cfg["local_epochs"]), int(cfg["batch_size"])
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -191,7 +200,7 @@ def train_clients(
 
     model.train()
     for s in range(len(plans[0]) if plans else 0):
-        batch = _gather(datas, [plan[s] for plan in plans], bs, task)
+        batch = _gather(datas, [plan[s] for plan in plans], bs, task, transforms)
         x_img = batch.get("x_img")
         x_txt = batch.get("x_txt")
         in_dims = (0, 0, 0, None if x_img is None else 0, None if x_txt is None else 0, 0, 0, 0, 0)

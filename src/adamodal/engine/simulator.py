@@ -64,6 +64,8 @@ class Experiment:
     #: shared by clients with the same (group, domain): a larger, steadier per-group measure
     #: than the clients' own small test splits
     test_as_client: dict[int, Tensors] = field(default_factory=dict)
+    #: the server's public paired set (``split.public > 0``), held out from every client
+    public: Tensors | None = None
 
     def infos(self) -> list[ClientInfo]:
         return [ClientInfo(c.cid, c.group, c.modalities, len(c.train)) for c in self.clients]
@@ -105,7 +107,8 @@ def prepare(cfg: Config, progress: bool = True) -> Experiment:
             view = scenario.test_view_for(spec, int(cfg["eval.max_rows"]), int(cfg["seed"]))
             shared[key] = materialize(inputs, bundle.labels, view)
         as_client[spec.cid] = shared[key]
-    return Experiment(cfg, bundle, inputs, scenario, model_spec(cfg, bundle, inputs), clients, test, as_client)
+    public = None if scenario.public is None else materialize(inputs, bundle.labels, scenario.public)
+    return Experiment(cfg, bundle, inputs, scenario, model_spec(cfg, bundle, inputs), clients, test, as_client, public)
 
 
 @dataclass
@@ -137,6 +140,8 @@ class Simulator:
         self.out = Path(out_dir)
         self.progress = progress and sys.stderr.isatty()
         self.method: Method = get_method_class(self.cfg["method"])(self.cfg, exp.spec, exp.infos())
+        if exp.public is not None:
+            self.method.set_public(exp.public)  # the server's; clients get what the method sends
         self.device = resolve_device(str(self.cfg["device"]))
         self.clients = clients or InProcessClients(
             self.method, exp.clients, exp.test_as_client, exp.test, exp.spec, self.cfg, self.device,

@@ -17,6 +17,68 @@ from torch import nn
 from adamodal.engine.tensors import Tensors
 
 ExtraLoss = Callable[[nn.Module, Tensors, torch.Tensor], torch.Tensor]
+#: what a method does to each training mini-batch before the forward pass (modality dropout,
+#: imputation of a missing modality); never applied when predicting
+BatchTransform = Callable[[Tensors], Tensors]
+
+
+def stream(seed: int, *tags: int) -> torch.Generator:
+    """A generator of its own for one purpose of one client step, derived from the step's seed
+    and ``tags``: drawing from it leaves the batch order (drawn from the step's own generator)
+    exactly as it would be without that purpose."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([int(seed), *map(int, tags)]).generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    return g
+
+
+def hide(batch: Tensors, hide_img: torch.Tensor, hide_txt: torch.Tensor) -> Tensors:
+    """``batch`` with the image of rows ``hide_img`` and the text of rows ``hide_txt`` made
+    missing: zero-filled and masked, exactly like a row that never had it."""
+    def zero(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+        if x is None or not bool(rows.any()):
+            return x
+        return x.masked_fill(rows.view(-1, *([1] * (x.dim() - 1))), 0)
+
+    return Tensors(zero(batch.x_img, hide_img), zero(batch.x_txt, hide_txt),
+                   batch.m_img & ~hide_img, batch.m_txt & ~hide_txt, batch.y)
+
+
+def modality_dropout(p: float, generator: torch.Generator) -> BatchTransform:
+    """Each row that has both modalities loses one of them, image or text with equal odds,
+    with probability ``p`` (drawn from ``generator``); a row never loses both, and rows with
+    one modality are left alone. The shared fusion and classifier thereby learn to predict
+    from either modality alone, which is what image-only and text-only clients ask of them."""
+    def drop(batch: Tensors) -> Tensors:
+        return hide(batch, *dropout_rows(batch.m_img, batch.m_txt, p, generator))
+
+    return drop
+
+
+def dropout_rows(m_img: torch.Tensor, m_txt: torch.Tensor, p: float,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows whose image, and those whose text, modality dropout hides: a row with both
+    modalities with probability ``p``, one side with equal odds, never both."""
+    n = len(m_img)
+    u = torch.rand(n, generator=generator).to(m_img.device)
+    image_side = (torch.rand(n, generator=generator) < 0.5).to(m_img.device)
+    hidden = m_img & m_txt & (u < p)
+    return hidden & image_side, hidden & ~image_side
+
+
+def compose(*transforms: BatchTransform | None) -> BatchTransform | None:
+    """Apply the given transforms in order (``None`` entries are skipped)."""
+    steps = [t for t in transforms if t is not None]
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+
+    def run(batch: Tensors) -> Tensors:
+        for t in steps:
+            batch = t(batch)
+        return batch
+
+    return run
 
 
 def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
@@ -86,10 +148,12 @@ def train_epochs(
     extra_loss: ExtraLoss | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     device: torch.device | str = "cpu",
+    batch_transform: BatchTransform | None = None,
 ) -> float:
     """Mini-batch training for ``epochs`` (default ``cfg['local_epochs']``); returns the mean loss.
 
-    ``extra_loss(model, batch, logits)`` is added to the task loss of every batch.
+    ``extra_loss(model, batch, logits)`` is added to the task loss of every batch;
+    ``batch_transform`` rewrites each batch first (e.g. :func:`modality_dropout`).
     """
     epochs = int(cfg["local_epochs"]) if epochs is None else epochs
     if len(data) == 0 or epochs == 0:
@@ -100,6 +164,8 @@ def train_epochs(
 
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
         batch = data.subset(rows)
+        if batch_transform is not None:
+            batch = batch_transform(batch)
         logits = forward(model, batch)
         loss = task_loss(logits, batch.y, task)
         return loss if extra_loss is None else loss + extra_loss(model, batch, logits)

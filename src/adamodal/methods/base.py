@@ -101,7 +101,8 @@ class ClientContext:
 class Method(ABC):
     """One federated (or baseline) algorithm. Subclasses live one per file in ``methods/``.
 
-    Lifecycle on the server: ``__init__`` -> ``init_server`` -> for each round: for each phase
+    Lifecycle on the server: ``__init__`` -> (``set_public`` when ``split.public > 0``) ->
+    ``init_server`` -> for each round: for each phase
     in ``phases(rnd)``: ``participants`` -> ``configure`` -> (clients run ``client_step``) ->
     ``aggregate``; then ``end_round``. Evaluation uses ``eval_message`` (server) and
     ``client_model`` (client), and ``global_model`` for the server's test set.
@@ -116,6 +117,8 @@ class Method(ABC):
     #: the inputs this method's model can use: cached frozen-tower ``features`` and/or ``raw``
     #: inputs for small trainable towers (``towers=small``)
     input_kinds: ClassVar[tuple[str, ...]] = ("features", "raw")
+    #: True when the method cannot run without the server's public paired set (``split.public``)
+    needs_public: ClassVar[bool] = False
 
     def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
         self.cfg = cfg
@@ -138,6 +141,12 @@ class Method(ABC):
         return state_arrays(build_model(self.spec, self.seed))
 
     # ---- server side ----------------------------------------------------------------
+    def set_public(self, public: Tensors) -> None:  # noqa: B027 - optional hook
+        """The server's public paired set (image + text + labels of every item, ``split.public``
+        of the identity groups, held out from every client and from the server's test set),
+        handed over by the runtime before :meth:`init_server` when ``split.public > 0``. Being
+        public, whatever a method derives from it may go to the clients. Ignored by default."""
+
     def init_server(self) -> None:  # noqa: B027 - optional hook
         """Create the server's initial state (e.g. global parameters)."""
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import make_optimizer, minibatch_epochs, task_loss
+from adamodal.engine.train import dropout_rows, make_optimizer, minibatch_epochs, task_loss
 from adamodal.methods.adamodal.gating import propagation_loss
 from adamodal.methods.adamodal.imputation import imputation_loss
 from adamodal.methods.adamodal.net import AdaModalNet, Forward
@@ -56,15 +56,13 @@ class LocalTerms:
 
 def dropout_masks(m_img: torch.Tensor, m_txt: torch.Tensor, p: float,
                   generator: torch.Generator | None) -> dict[str, torch.Tensor] | None:
-    """Rows whose image (or text) is hidden: a paired row with probability ``p``, one of its
-    two modalities at random, never both."""
+    """Modality dropout's hidden rows per modality (the training kit's draw), or None when
+    off. The rows keep their real representation for the paired losses; only the fusion
+    treats them as missing."""
     if p <= 0:
         return None
-    both = m_img & m_txt
-    draw = torch.rand(len(both), 2, generator=generator).to(both.device)
-    drop = both & (draw[:, 0] < p)
-    image = draw[:, 1] < 0.5
-    return {"image": drop & image, "text": drop & ~image}
+    image, text = dropout_rows(m_img, m_txt, p, generator)
+    return {"image": image, "text": text}
 
 
 def local_terms(fwd: Forward, terms: LocalTerms) -> torch.Tensor:
