@@ -69,7 +69,7 @@ class AdaModalFed(Method):
         return build_adamodal_net(
             self.spec, self.seed, heads=int(o["heads"]), tau=float(o["tau"]), impute=str(o["impute"]),
             cross_attention=bool(o["cross_attention"]), gate=bool(o["gate"]), rank=int(o["rank"]),
-            personal_rank=int(o["personal_rank"]), adapter_rank=int(o["adapter_rank"]),
+            personal_rank=int(o["personal_rank"]), adapter_rank=int(o["adapter_rank"]), key_dim=int(o["key_dim"]),
         ).to(self.device)
 
     def model(self) -> AdaModalNet:

@@ -130,10 +130,10 @@ class AdaModalNet(MultimodalNet):
 
     def __init__(self, spec: ModelSpec, *, heads: int = 4, tau: float = 1.0, impute: str = "cross_attention",
                  cross_attention: bool = True, gate: bool = True, rank: int = 32, personal_rank: int = 0,
-                 adapter_rank: int = 32) -> None:
+                 adapter_rank: int = 32, key_dim: int = 16) -> None:
         super().__init__(spec)
         dim = self.rep_dim
-        self.imputer = CrossAttentionImputer(dim, heads=heads)
+        self.imputer = CrossAttentionImputer(dim, heads=heads, key_dim=key_dim)
         self.gate = ForgetGate(dim, tau)
         for name in ("img_proj", "txt_proj"):
             proj = getattr(self, name, None)
