@@ -27,6 +27,8 @@ CORE_DEFAULTS: dict[str, Any] = {
     "partition": "dirichlet",
     "partition.alpha": 0.5,
     "partition.classes": 2,
+    # partition=aligned: a unimodal client's weight on the other modality's half of the classes
+    "partition.leak": 0.05,
     "missing.image": 0.0,
     "missing.text": 0.0,
     "participation": 1.0,
@@ -69,7 +71,7 @@ CORE_DEFAULTS: dict[str, Any] = {
 
 #: keys whose value must be one of a fixed set (methods and data sets are checked by name)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "partition": ("iid", "dirichlet", "classes"),
+    "partition": ("iid", "dirichlet", "classes", "aligned"),
     "optimizer": ("sgd", "adam", "adamw"),
     "towers": ("frozen", "small"),
     "model": ("cnn", "mlp"),
@@ -85,6 +87,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "clients.text_only": (0, 1e6, True, True),
     "partition.alpha": (0, float("inf"), False, True),
     "partition.classes": (1, 1e6, True, True),
+    "partition.leak": (0, 1, True, True),
     "missing.image": (0, 1, True, False),
     "missing.text": (0, 1, True, False),
     "participation": (0, 1, False, True),
