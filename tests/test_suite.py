@@ -131,6 +131,15 @@ def test_the_suite_caches_and_resumes(tmp_path: Path, stubs) -> None:
     assert len(stubs["ceiling"]) == 5
 
 
+def test_a_new_ceiling_version_redoes_the_ceilings(tmp_path: Path, stubs, monkeypatch) -> None:
+    import adamodal.ceiling
+
+    suite.run_suite(["carmfl"], [0], [], tmp_path, rounds=2)
+    monkeypatch.setattr(adamodal.ceiling, "VERSION", adamodal.ceiling.VERSION + 1)
+    suite.run_suite(["carmfl"], [0], [], tmp_path, rounds=2)
+    assert len(stubs["ceiling"]) == 2 and len(stubs["run"]) == 1
+
+
 def test_a_finished_run_without_its_record_is_not_rerun(tmp_path: Path, stubs) -> None:
     cfg = suite.suite_config("carmfl", "fedavg", 0, rounds=2)
     suite.run_method(cfg, tmp_path)

@@ -99,12 +99,12 @@ def run_method(cfg: Config, out: Path, *, quiet: bool = True) -> dict[str, Any]:
 
 def run_ceiling(cfg: Config, out: Path, *, quiet: bool = True) -> dict[str, Any]:
     """The pooled ceiling of every client group of one (scenario, seed), cached likewise."""
-    from adamodal.ceiling import ceilings
+    from adamodal.ceiling import VERSION, ceilings
     from adamodal.engine.simulator import prepare
 
     scenario, seed = cfg["scenario"], int(cfg["seed"])
     path = out / "results" / scenario / f"ceiling-seed{seed}.json"
-    want = digest(cfg, _NOT_CEILING_KEYS)
+    want = digest({**cfg, "ceiling.version": VERSION}, _NOT_CEILING_KEYS)
     if (hit := _cached(path, want)) is not None:
         return hit
     if not quiet:
