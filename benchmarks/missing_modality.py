@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing_modality: error: {exc}", file=sys.stderr)
         return 2
     md = suite_tables(records)
-    (args.out / "results.md").write_text(f"# Missing-modality suite\n\nseeds {', '.join(map(str, seeds))}\n\n{md}")
+    setting = (f"seeds {', '.join(map(str, seeds))}; rounds {args.rounds or 'as each scenario sets'}"
+               + (f"; --set {' '.join(args.assignments)}" if args.assignments else ""))
+    (args.out / "results.md").write_text(f"# Missing-modality suite\n\n{setting}\n\n{md}")
     plot_headroom(records, args.out / "headroom.png")
     print(md)
     print(f"{len(records)} results in {time.perf_counter() - t0:.0f} s; wrote {args.out}/results.md, "
