@@ -164,3 +164,23 @@ def test_explicit_keys_win_over_the_scenario_in_the_suite() -> None:
     cfg = suite.suite_config("few-multimodal", "fedavg", 2, {"partition.alpha": "0.3", "seed": "9"}, rounds=5)
     assert cfg["partition.alpha"] == 0.3 and cfg["clients.image_only"] == 8
     assert cfg["seed"] == 2 and cfg["rounds"] == 5  # the suite's own seed and rounds win
+
+
+def test_the_benchmark_command(tmp_path: Path, stubs, capsys) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "missing_modality.py"
+    spec = importlib.util.spec_from_file_location("missing_modality", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = module.main
+    out = tmp_path / "suite"
+    assert main(["--scenarios", "carmfl,few-multimodal", "--seeds", "0", "--methods", "adamodal",
+                 "--rounds", "2", "--out", str(out), "--quiet"]) == 0
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Missing-modality suite\n\nseeds 0; rounds 2")
+    assert "| carmfl | image-only | 0.900 | 0.800 | 0.800 | +0.100 | 0% |" in md
+    assert (out / "headroom.png").stat().st_size > 1000
+    assert len(stubs["run"]) == 4
+    assert main(["--scenarios", "carmfl", "--methods", "fedavgg", "--out", str(out)]) == 2
+    assert "fedavgg" in capsys.readouterr().err
