@@ -2,8 +2,9 @@
 
 Pools every client's training rows of one modality on one machine (no federation, no privacy:
 a ceiling, not a method) and fits three classifiers on the frozen features of that modality
-alone: a logistic regression (scikit-learn), a one-hidden-layer MLP (256 units), and
-AdaModal-Fed's own network (factorised projection, adapter, classifier; no server knowledge,
+alone: a logistic regression (scikit-learn) and a one-hidden-layer MLP (256 units), both from
+:mod:`adamodal.ceiling` (the scenario suite, ``benchmarks/missing_modality.py``, uses the same),
+and AdaModal-Fed's own network (factorised projection, adapter, classifier; no server knowledge,
 so no imputation). All are scored exactly as ``groups_server_test`` scores a method: each
 image-only (text-only) client's view of the server's test set (its modality, its vendor),
 predictions pooled over the group's clients. Multi-class data sets only.
@@ -20,10 +21,8 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from torch import nn
 
+from adamodal.ceiling import FITTERS, features, pooled_train
 from adamodal.config import resolve
 from adamodal.engine.simulator import prepare
 from adamodal.engine.tensors import Tensors
@@ -33,48 +32,6 @@ from adamodal.methods.adamodal import build_adamodal_net
 from adamodal.metrics import compute_metrics
 
 GROUP_MODALITY = {"image_only": "image", "text_only": "text"}
-
-
-def features(t: Tensors, modality: str) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``t`` that have ``modality``: (features, labels)."""
-    rows = (t.m_img if modality == "image" else t.m_txt).numpy()
-    x = (t.x_img if modality == "image" else t.x_txt).numpy()
-    return x[rows], t.y.numpy()[rows]
-
-
-def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int):
-    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(x, y)
-
-    def predict(xt: np.ndarray) -> np.ndarray:
-        p = np.zeros((len(xt), num_classes))
-        p[:, clf.classes_] = clf.predict_proba(xt)
-        return p
-
-    return predict
-
-
-def fit_mlp(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, epochs: int = 20):
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(x.shape[1], 256), nn.GELU(), nn.Dropout(0.1), nn.Linear(256, num_classes))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        net.train()
-        order = torch.randperm(len(xt), generator=g)
-        for s in range(0, len(xt), 32):
-            idx = order[s:s + 32]
-            loss = F.cross_entropy(net(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-
-    def predict(xv: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(net(torch.as_tensor(xv)), -1).numpy()
-
-    return predict
 
 
 def only(t: Tensors, modality: str) -> Tensors:
@@ -96,7 +53,7 @@ def fit_network(train: Tensors, modality: str, exp, seed: int, epochs: int = 20)
 
 def _on_views(predict, modality: str):
     """A feature-matrix predictor as a predictor of a test view's rows."""
-    return lambda view: predict(features(view, modality)[0])
+    return lambda view: predict(features(view, (modality,))[0])
 
 
 def main() -> None:
@@ -109,15 +66,15 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         cfg = resolve({}, {**dict(kv.split("=", 1) for kv in args.set), "seed": seed})
         exp = prepare(cfg, progress=False)
-        train = Tensors.concat([c.train for c in exp.clients])
+        train = pooled_train(exp)
         for group, modality in GROUP_MODALITY.items():
             members = [c for c in exp.clients if c.group == group]
             if not members:
                 continue
-            x, y = features(train, modality)
-            labels = [features(exp.test_as_client[c.cid], modality)[1] for c in members]
+            x, y = features(train, (modality,))
+            labels = [features(exp.test_as_client[c.cid], (modality,))[1] for c in members]
             models = {name: _on_views(fit(x, y, exp.spec.num_classes, seed), modality)
-                      for name, fit in (("logistic regression", fit_logreg), ("MLP", fit_mlp))}
+                      for name, fit in FITTERS.items()}
             models["AdaModal-Fed network"] = fit_network(train, modality, exp, seed)
             for name, predict in models.items():
                 scores = [predict(exp.test_as_client[c.cid]) for c in members]
@@ -126,7 +83,8 @@ def main() -> None:
                 print(f"seed {seed} {group:10s} {name:20s} macro-AUC {auc:.3f}", flush=True)
     print("\n| group | pooled central model | macro-AUC (mean ± std) |\n|---|---|---|")
     for (group, name), v in rows.items():
-        print(f"| {group} | {name} | {np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} |")
+        spread = f" ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else ""
+        print(f"| {group} | {name} | {np.mean(v):.3f}{spread} |")
 
 
 if __name__ == "__main__":

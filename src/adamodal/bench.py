@@ -40,9 +40,10 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
             plot_history(summary, run_dir / "history.png")
             runs.setdefault(label, []).append(summary)
     cfg0 = resolve({}, dict(base))
-    scenario = (f"{cfg0['dataset']}: {cfg0['clients.multimodal']} image+text / {cfg0['clients.image_only']} image-only / "
+    named = f"scenario {cfg0['scenario']}, " if cfg0["scenario"] else ""
+    scenario = (f"{named}{cfg0['dataset']}: {cfg0['clients.multimodal']} image+text / {cfg0['clients.image_only']} image-only / "
                 f"{cfg0['clients.text_only']} text-only clients, partition={cfg0['partition']}"
-                f"{' alpha=' + str(cfg0['partition.alpha']) if cfg0['partition'] == 'dirichlet' else ''}, "
+                f"{' alpha=' + str(cfg0['partition.alpha']) if cfg0['partition'] in ('dirichlet', 'aligned') else ''}, "
                 f"{cfg0['rounds']} rounds, seeds {', '.join(map(str, seeds))}")
     own = comparison_rows(runs, key="groups")
     server = comparison_rows(runs, key="groups_server_test")

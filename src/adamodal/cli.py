@@ -175,6 +175,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from adamodal.config import read_scenario, scenario_names
+
+    for name in scenario_names():
+        print(f"{name:<16} {read_scenario(name)[0]}")
+    print("\nrun one with --set scenario=NAME (explicit keys win); see its keys with "
+          "`adamodal config --set scenario=NAME`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adamodal", description="Federated learning when clients are missing a modality.")
     p.add_argument("--version", action="version", version=f"adamodal {__version__}")
@@ -216,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list the methods")
     m.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("scenarios", help="list the named scenarios (config key `scenario`)")
+    s.set_defaults(func=cmd_scenarios)
 
     from adamodal.flower.cli import add_flower_parser
 

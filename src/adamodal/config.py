@@ -3,12 +3,18 @@
 Every key has a default whose type fixes how a value is parsed. Data sets and methods add
 their own keys (``emoji.label``, ``fedprox.mu``) through their class attributes, so adding a
 method never touches this file. Unknown keys are an error that lists the valid ones.
+
+A named scenario (``scenario = "few-multimodal"``) is a TOML file of config keys shipped with
+the package (``adamodal/scenarios/<name>.toml``, listed by ``adamodal scenarios``): one name
+reproduces a published setting, and any key given explicitly still wins over it.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,8 @@ from adamodal.errors import ConfigError
 
 #: core keys -> default value (the type of the default is the type of the key)
 CORE_DEFAULTS: dict[str, Any] = {
+    # a named scenario (adamodal/scenarios/<name>.toml): its keys sit below explicit ones
+    "scenario": "",
     "dataset": "emoji",
     "method": "fedavg",
     "rounds": 20,
@@ -27,6 +35,8 @@ CORE_DEFAULTS: dict[str, Any] = {
     "partition": "dirichlet",
     "partition.alpha": 0.5,
     "partition.classes": 2,
+    # partition=aligned: a unimodal client's weight on the other modality's half of the classes
+    "partition.leak": 0.05,
     "missing.image": 0.0,
     "missing.text": 0.0,
     "participation": 1.0,
@@ -71,7 +81,7 @@ CORE_DEFAULTS: dict[str, Any] = {
 
 #: keys whose value must be one of a fixed set (methods and data sets are checked by name)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "partition": ("iid", "dirichlet", "classes"),
+    "partition": ("iid", "dirichlet", "classes", "aligned"),
     "optimizer": ("sgd", "adam", "adamw"),
     "towers": ("frozen", "small"),
     "model": ("cnn", "mlp"),
@@ -87,6 +97,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "clients.text_only": (0, 1e6, True, True),
     "partition.alpha": (0, float("inf"), False, True),
     "partition.classes": (1, 1e6, True, True),
+    "partition.leak": (0, 1, True, True),
     "missing.image": (0, 1, True, False),
     "missing.text": (0, 1, True, False),
     "participation": (0, 1, False, True),
@@ -221,21 +232,68 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: unreadable config file ({exc.strerror or exc})") from None
 
 
+#: the package folder holding the named scenarios, one ``<name>.toml`` each
+SCENARIO_DIR = "scenarios"
+#: the one key of a scenario file that is not a config key: its line in ``adamodal scenarios``
+DESCRIPTION = "description"
+
+
+def _scenario_files() -> dict[str, Traversable]:
+    folder = resources.files("adamodal").joinpath(SCENARIO_DIR)
+    if not folder.is_dir():
+        return {}
+    return {f.name.removesuffix(".toml"): f for f in folder.iterdir() if f.name.endswith(".toml")}
+
+
+def scenario_names() -> list[str]:
+    """The scenarios shipped with the package, sorted."""
+    return sorted(_scenario_files())
+
+
+def read_scenario(name: str) -> tuple[str, dict[str, Any]]:
+    """``(description, config keys)`` of a shipped scenario; the keys are checked by
+    :func:`resolve` like a config file's, but a scenario may not name another scenario."""
+    files = _scenario_files()
+    if name not in files:
+        raise ConfigError(f"scenario: unknown scenario {name!r}; available: {', '.join(sorted(files)) or '(none)'}")
+    where = f"scenario {name} ({SCENARIO_DIR}/{name}.toml)"
+    try:
+        values = _flatten(tomllib.loads(files[name].read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: not valid TOML ({' '.join(str(exc).split())})") from None
+    description = values.pop(DESCRIPTION, "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}: {DESCRIPTION} must be a string")
+    if "scenario" in values:
+        raise ConfigError(f"{where}: a scenario cannot name another scenario")
+    return description, values
+
+
 def resolve(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults <- file values <- command-line overrides, each key checked and typed."""
+    """Defaults <- the named scenario's keys <- file values <- command-line overrides, each key
+    checked and typed. The scenario is the one ``scenario`` names in the last source that sets
+    it, so ``--set scenario=`` switches a file's scenario off."""
     from adamodal.data import dataset_names
     from adamodal.methods import method_names
 
     defaults = all_defaults()
     values = dict(defaults)
-    for source in (file_values or {}, overrides or {}):
+    sources: list[tuple[str, Mapping[str, Any]]] = [("", file_values or {}), ("", overrides or {})]
+    name = next((str(src["scenario"]).strip() for _, src in reversed(sources) if "scenario" in src), "")
+    if name:
+        sources.insert(0, (f"scenario {name}: ", read_scenario(name)[1]))
+    for where, source in sources:
         unknown = sorted(k for k in source if k not in defaults)
         if unknown:
             raise ConfigError(
-                f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(defaults))}"
+                f"{where}unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(defaults))}"
             )
         for key, raw in source.items():
-            values[key] = _parse_value(key, raw, defaults[key])
+            try:
+                values[key] = _parse_value(key, raw, defaults[key])
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{exc}") from None
+    values["scenario"] = name
 
     for key, choices in CHOICES.items():
         if values[key] not in choices:

@@ -2,7 +2,8 @@
 
 Built from a :class:`Bundle` and the config, deterministically from the seed:
 1. a global test set (the data set's own test split, or a held-out fraction of identity groups);
-2. the remaining groups partitioned among clients (IID, Dirichlet or k classes per client);
+2. the remaining groups partitioned among clients (IID, Dirichlet, k classes per client, or
+   Dirichlet aligned with the modality groups: see :mod:`adamodal.data.partition`);
    groups that natively lack the image (a report collection added beside X-rays) go to the
    text-only clients, groups that lack the text to the image-only clients;
 3. modality groups by count (multimodal, then image-only, then text-only clients), image
@@ -366,6 +367,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
         sub = partition_groups(
             _group_labels(bundle, pool_groups[pool]), len(cids), str(cfg["partition"]),
             alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
+            kinds=[group_names[c] for c in cids], leak=float(cfg["partition.leak"]),
         )
         for cid, rows in zip(cids, sub, strict=True):
             parts[cid] = pool[rows]
