@@ -10,7 +10,7 @@ cached under ``--out`` (``results/<scenario>/<method>-seed<k>.json``; run folder
 relative to FedAvg) and ``headroom.png``.
 
     .venv/bin/python benchmarks/missing_modality.py [--scenarios few-multimodal,carmfl]
-        [--seeds 0,1,2] [--methods fedavg,adamodal] [--rounds 10] [--set key=value ...]
+        [--seeds 0,1,2] [--methods fedavg,fedavg_dropout,prototype,retrieval,adamodal] [--rounds 10] [--set key=value ...]
         [--out runs/suite]
 """
 
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default="", help="comma-separated names (default: all; see `adamodal scenarios`)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="fedavg,adamodal", help="fedavg is always run: it is the reference")
+    p.add_argument("--methods", default="fedavg,fedavg_dropout,prototype,retrieval,adamodal",
+                   help="methods or named variants (fedavg_dropout: FedAvg with modality dropout 0.3); "
+                        "fedavg is always run: it is the reference")
     p.add_argument("--rounds", type=int, default=None, help="default: the scenario's (the config's) rounds")
     p.add_argument("--set", dest="assignments", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run; they win over the scenarios' keys")

@@ -33,14 +33,21 @@ REFERENCE = "fedavg"
 #: headroom (ceiling - FedAvg macro-AUC) below which "fraction closed" is not shown
 MIN_HEADROOM = 0.01
 GROUP_LABEL = {"multimodal": "image+text", "image_only": "image-only", "text_only": "text-only"}
+#: named variants of a method, run by the suite like a method: the strong cheap baseline of the
+#: missing-modality literature is FedAvg with modality dropout on the image+text clients
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fedavg_dropout": ("fedavg", {"fedavg.modality_dropout": 0.3}),
+}
 #: keys that cannot change a pooled ceiling (it trains no federated model)
 _NOT_CEILING_KEYS = ("method", "rounds")
 
 
 def suite_config(scenario: str, method: str, seed: int, overrides: Mapping[str, Any] | None = None,
                  rounds: int | None = None) -> Config:
-    """The scenario's keys <- ``overrides`` (``--set``) <- the suite's own method, seed, rounds."""
-    values: dict[str, Any] = {**(overrides or {}), "scenario": scenario, "method": method, "seed": seed}
+    """The scenario's keys <- ``overrides`` (``--set``) <- the suite's own method, seed, rounds.
+    ``method`` is a method's name or one of :data:`VARIANTS`."""
+    base, extra = VARIANTS.get(method, (method, {}))
+    values: dict[str, Any] = {**(overrides or {}), **extra, "scenario": scenario, "method": base, "seed": seed}
     if rounds is not None:
         values["rounds"] = rounds
     return resolve({}, values)
@@ -70,12 +77,12 @@ def _write(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def run_method(cfg: Config, out: Path, *, quiet: bool = True) -> dict[str, Any]:
+def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None = None) -> dict[str, Any]:
     """One (scenario, method, seed): from the cache, else resumed or run with the in-process
-    simulator; what the tables need, as a JSON record."""
+    simulator; what the tables need, as a JSON record. ``label`` names a variant."""
     from adamodal.engine.simulator import CHECKPOINT, run_experiment
 
-    scenario, method, seed = cfg["scenario"], cfg["method"], int(cfg["seed"])
+    scenario, method, seed = cfg["scenario"], label or cfg["method"], int(cfg["seed"])
     path = out / "results" / scenario / f"{method}-seed{seed}.json"
     want = digest(cfg)
     if (hit := _cached(path, want)) is not None:
@@ -130,7 +137,7 @@ def run_suite(scenarios: Sequence[str], seeds: Sequence[int], methods: Sequence[
     for s in scenarios:
         for seed in seeds:
             records.append(run_ceiling(configs[(s, REFERENCE, seed)], out, quiet=quiet))
-            records.extend(run_method(configs[(s, m, seed)], out, quiet=quiet) for m in methods)
+            records.extend(run_method(configs[(s, m, seed)], out, quiet=quiet, label=m) for m in methods)
     return records
 
 
