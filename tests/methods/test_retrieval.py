@@ -13,8 +13,9 @@ from adamodal.engine.simulator import Simulator
 from adamodal.engine.tensors import Tensors
 from adamodal.engine.train import predict
 from adamodal.errors import ConfigError
+from adamodal.methods._fill import label_agreement, nearest
 from adamodal.methods.base import ClientInfo
-from adamodal.methods.retrieval import Public, Retrieval, RetrievalNet, label_agreement, nearest
+from adamodal.methods.retrieval import Public, Retrieval, RetrievalNet
 from adamodal.model import ModelSpec, build_model
 from tests.conftest import with_config
 

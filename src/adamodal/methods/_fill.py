@@ -1,5 +1,5 @@
-"""Filling a row's missing modality with a stand-in: the kit of the imputation baselines
-(``prototype``, ``retrieval``).
+"""Filling a row's missing modality with a stand-in: the kit of the imputation methods
+(``prototype``, ``retrieval``, and AdaModal-Fed's ``impute=bank``).
 
 A filled modality is an input like any other: its features go where the real ones would and
 its mask is set, so the gated fusion reads it. Training fills through a batch transform
@@ -71,3 +71,47 @@ class FillingNet(nn.Module):
                 m_txt: torch.Tensor, skip_absent: bool = True) -> torch.Tensor:
         b = self.fill(Tensors(x_img, x_txt, m_img, m_txt, torch.zeros(len(m_img))))
         return self.net(b.x_img, b.x_txt, b.m_img, b.m_txt, skip_absent)
+
+
+def label_agreement(y: torch.Tensor, bank_y: torch.Tensor, task: str) -> torch.Tensor:
+    """[rows, bank] how far labels agree: 1/0 for the same class, or the Jaccard similarity
+    of positive findings (two rows without any positive finding agree fully)."""
+    if task != "multilabel":
+        return (y.view(-1, 1) == bank_y.view(1, -1)).float()
+    a = (torch.nan_to_num(y.float(), nan=0.0) > 0.5).float()
+    b = (bank_y.float() > 0.5).float()
+    both = a @ b.T
+    either = a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0) - both
+    return torch.where(either > 0, both / either.clamp(min=1), torch.ones_like(both))
+
+
+def nearest(query: torch.Tensor, bank: torch.Tensor, agreement: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of each query row's nearest bank row by cosine similarity, among the bank rows of
+    highest label ``agreement`` with it when given."""
+    sim = unit(query) @ unit(bank).T
+    if agreement is not None:
+        best = agreement == agreement.max(dim=1, keepdim=True).values
+        sim = sim.masked_fill(~best, float("-inf"))
+    return sim.argmax(dim=1)
+
+
+def fill_from_pairs(batch: Tensors, bank: dict[str, torch.Tensor], bank_y: torch.Tensor | None, *,
+                    task: str, k: int) -> Tensors:
+    """Each row lacking a modality gets it from a bank of pairs (``bank[m]`` features, one row
+    per pair), matched by the present modality's cosine similarity. With ``bank_y`` (training,
+    the row's label known): the nearest pair among those whose label agrees best. Without
+    (prediction): the mean of the ``k`` nearest pairs."""
+    for missing, rows in to_fill(batch).items():
+        if not bool(rows.any()):
+            continue
+        present = "text" if missing == "image" else "image"
+        x_p, _ = features(batch, present)
+        query = x_p[rows].to(bank[present].device)
+        if bank_y is not None:
+            agree = label_agreement(batch.y[rows].to(bank_y.device), bank_y, task)
+            values = bank[missing][nearest(query, bank[present], agree)]
+        else:
+            top = (unit(query) @ unit(bank[present]).T).topk(min(k, len(bank[present])), dim=1).indices
+            values = bank[missing][top].mean(dim=1)
+        batch = put(batch, missing, rows, values.to(rows.device))
+    return batch

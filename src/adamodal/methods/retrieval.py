@@ -37,33 +37,11 @@ from torch import nn
 from adamodal.engine.tensors import Tensors
 from adamodal.engine.train import BatchTransform, compose
 from adamodal.errors import ConfigError
-from adamodal.methods._fill import FillingNet, features, put, to_fill, unit
+from adamodal.methods._fill import FillingNet, fill_from_pairs
 from adamodal.methods.base import ClientContext, Message, aggregate_arrays, load_arrays
 from adamodal.methods.fedavg import FedAvg
 
 ENCODERS = {"image": ("img_tower.", "img_proj."), "text": ("txt_tower.", "txt_proj.")}
-
-
-def label_agreement(y: torch.Tensor, public_y: torch.Tensor, task: str) -> torch.Tensor:
-    """[rows, public] how far labels agree: 1/0 for the same class, or the Jaccard similarity
-    of positive findings (two rows without any positive finding agree fully)."""
-    if task != "multilabel":
-        return (y.view(-1, 1) == public_y.view(1, -1)).float()
-    a = (torch.nan_to_num(y.float(), nan=0.0) > 0.5).float()
-    b = (public_y.float() > 0.5).float()
-    both = a @ b.T
-    either = a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0) - both
-    return torch.where(either > 0, both / either.clamp(min=1), torch.ones_like(both))
-
-
-def nearest(query: torch.Tensor, bank: torch.Tensor, agreement: torch.Tensor | None = None) -> torch.Tensor:
-    """Index of each query row's nearest bank row by cosine similarity, among the bank rows of
-    highest label ``agreement`` with it when given."""
-    sim = unit(query) @ unit(bank).T
-    if agreement is not None:
-        best = agreement == agreement.max(dim=1, keepdim=True).values
-        sim = sim.masked_fill(~best, float("-inf"))
-    return sim.argmax(dim=1)
 
 
 class Public:
@@ -77,15 +55,7 @@ class Public:
         """Training: the partner of a row lacking a modality is the nearest public pair (by the
         present modality) among those whose label agrees best with the row's."""
         def run(batch: Tensors) -> Tensors:
-            for missing, rows in to_fill(batch).items():
-                if not bool(rows.any()):
-                    continue
-                present = "text" if missing == "image" else "image"
-                x_p, _ = features(batch, present)
-                agree = label_agreement(batch.y[rows].cpu(), self.y, task)
-                idx = nearest(x_p[rows].cpu(), self.x[present], agree)
-                batch = put(batch, missing, rows, self.x[missing][idx].to(rows.device))
-            return batch
+            return fill_from_pairs(batch, self.x, self.y, task=task, k=1)
 
         return run
 
@@ -101,16 +71,8 @@ class RetrievalNet(FillingNet):
         self.k = int(k)
 
     def fill(self, batch: Tensors) -> Tensors:
-        for missing, rows in to_fill(batch).items():
-            if not bool(rows.any()):
-                continue
-            present = "text" if missing == "image" else "image"
-            x_p, _ = features(batch, present)
-            bank = getattr(self, f"public_{present}")
-            sim = unit(x_p[rows]) @ unit(bank).T
-            top = sim.topk(min(self.k, bank.shape[0]), dim=1).indices  # [rows, k]
-            batch = put(batch, missing, rows, getattr(self, f"public_{missing}")[top].mean(dim=1))
-        return batch
+        bank = {"image": self.public_image, "text": self.public_text}
+        return fill_from_pairs(batch, bank, None, task="", k=self.k)
 
 
 class Retrieval(FedAvg):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMPUTE_MODES = ("zero", "mean", "cross_attention")
+IMPUTE_MODES = ("zero", "mean", "cross_attention", "bank")
 
 
 class CrossAttentionImputer(nn.Module):

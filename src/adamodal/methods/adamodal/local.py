@@ -106,7 +106,7 @@ def train_local(model: AdaModalNet, data: Tensors, cfg: dict, terms: LocalTerms,
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
         b = data.subset(rows)
         hide = dropout_masks(b.m_img, b.m_txt, terms.modality_dropout, generator)
-        fwd = model.run(b.x_img, b.x_txt, b.m_img, b.m_txt, hide=hide, impute_all=paired_possible)
+        fwd = model.run(b.x_img, b.x_txt, b.m_img, b.m_txt, hide=hide, impute_all=paired_possible, y=b.y)
         logits = fwd.logits if scale is None else fwd.logits * scale
         loss = task_loss(logits, b.y, task) + local_terms(fwd, terms)
         return loss if extra is None else loss + extra(model, b, fwd)

@@ -28,6 +28,9 @@ from adamodal.methods.adamodal.summarize import (
     class_centroids,
     client_summary,
     cluster_summaries,
+    feature_class_sums,
+    paired_summary,
+    pooled_bank,
 )
 from adamodal.methods.base import (
     ClientContext,
@@ -70,6 +73,7 @@ class AdaModalFed(Method):
             self.spec, self.seed, heads=int(o["heads"]), tau=float(o["tau"]), impute=str(o["impute"]),
             cross_attention=bool(o["cross_attention"]), gate=bool(o["gate"]), rank=int(o["rank"]),
             personal_rank=int(o["personal_rank"]), adapter_rank=int(o["adapter_rank"]), key_dim=int(o["key_dim"]),
+            bank_k=int(o["bank_k"]),
         ).to(self.device)
 
     def model(self) -> AdaModalNet:
@@ -205,6 +209,8 @@ class AdaModalFed(Method):
             know, metrics = cluster_summaries([r.arrays for r in replies.values()], int(self.opt["k"]),
                                               cluster=bool(self.opt["cluster"]), seeds=seeds)  # type: ignore[arg-type]
             self.diagnostics.update(metrics)
+        if self.opt["impute"] == "bank":
+            know.update(pooled_bank([r.arrays for r in replies.values()]))
         if "pi" in know:
             k = Knowledge.from_arrays({x: know[x] for x in ("C_img", "C_txt", "pi")}, self.device)
             assert k is not None
@@ -344,7 +350,28 @@ class AdaModalFed(Method):
                                 min_count=int(o["min_count"]), share_rows=o["share"] == "embeddings",
                                 clip=float(o["dp_clip"]), sigma=float(o["dp_sigma"]),
                                 rng=np.random.default_rng([ctx.seed, 5]), class_stats=self.class_stats())
+        if o["impute"] == "bank" and o["share"] == "centroids":
+            arrays.update(self.bank_summary(ctx))
         return Message(arrays, {"num_examples": len(ctx.train)})
+
+    def bank_summary(self, ctx: ClientContext) -> dict[str, np.ndarray]:
+        """``impute=bank``: the client's paired rows as paired input-space centroids, and per
+        class and modality the sum of its input features (multi-class)."""
+        d, o, task = ctx.train, self.opt, self.spec.task
+        if d.x_img is None or d.x_txt is None:
+            return {}
+        x = {"img": d.x_img.flatten(1).numpy(), "txt": d.x_txt.flatten(1).numpy()}
+        rows = {"img": d.m_img.numpy(), "txt": d.m_txt.numpy()}
+        y = d.y.numpy()
+        both = rows["img"] & rows["txt"]
+        out = paired_summary(x["img"][both], x["txt"][both], y[both], task, self.spec.num_classes,
+                             k_local=int(o["k_local"]), min_count=int(o["min_count"]), seed=ctx.seed)
+        if task == "multiclass":
+            for s in ("img", "txt"):
+                if rows[s].any():
+                    out[f"fs_{s}"], out[f"fn_{s}"] = feature_class_sums(x[s][rows[s]], y[rows[s]].astype(np.int64),
+                                                                        self.spec.num_classes, int(o["min_count"]))
+        return out
 
     def client_train(self, ctx: ClientContext, msg: Message) -> Message:
         glob, know = messages.unpack(msg)

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.impute": "cross_attention",
     "adamodal.impute_weight": 1.0,
     "adamodal.impute_loss": "mse",
+    "adamodal.bank_k": 5,
     "adamodal.heads": 4,
     "adamodal.key_dim": 16,
     # stage 4: propagation and gating
@@ -76,7 +77,7 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("kd_weight", "infonce_weight", "beta", "dp_sigma", "impute_weight"):
         if float(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
-    for key in ("k_local", "k", "heads", "key_dim", "kd_teachers", "min_count"):
+    for key in ("k_local", "k", "heads", "key_dim", "kd_teachers", "min_count", "bank_k"):
         if int(o[key]) < 1:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 1")
     for key in ("warmup_epochs", "kd_epochs", "rank", "personal_rank", "adapter_rank", "calibrate_samples", "calibrate_epochs"):
