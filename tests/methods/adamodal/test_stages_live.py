@@ -39,7 +39,6 @@ def reference(small_experiment):
 
 @pytest.mark.parametrize("switch", [
     {"adamodal__kd": False},
-    {"adamodal__cluster": False},
     {"adamodal__cross_attention": False},
     {"adamodal__gate": False},
     {"adamodal__impute": "zero"},
@@ -47,15 +46,20 @@ def reference(small_experiment):
     {"adamodal__infonce_weight": 0.0},
     {"adamodal__impute_weight": 0.0},
     {"adamodal__modality_dropout": 0.0},
-    # opt-in stages: switching them on must change something too (restrict is tested in
-    # test_local_objective: these small clients hold every class, where it changes nothing)
-    {"adamodal__calibrate": True},
-    {"adamodal__summary": "classes"},
 ], ids=lambda s: "-".join(f"{k.split('__')[1]}={v}" for k, v in s.items()))
 def test_switching_a_stage_changes_one_modality_predictions(small_experiment, reference, switch):
     exp, m, _ = _two_rounds(small_experiment, **switch)
     diff = np.abs(_one_modality_predictions(exp, m) - reference).max()
     assert diff > 1e-3, f"{switch}: predictions moved by {diff:.2e} only"
+
+
+def test_server_clustering_changes_one_modality_predictions(small_experiment):
+    """With K below the number of uploaded centroids the server's K-Means merges them (at the
+    default K=32 these five small clients upload no more than 32 a modality, so clustering
+    them is the identity): switching it off must then change the predictions."""
+    a, b = (_one_modality_predictions(exp, m) for exp, m, _ in
+            (_two_rounds(small_experiment, adamodal__k=6, adamodal__cluster=c) for c in (True, False)))
+    assert np.abs(a - b).max() > 1e-3
 
 
 def test_impute_zero_still_trains_with_modality_dropout(small_experiment):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMPUTE_MODES = ("zero", "mean", "cross_attention", "bank")
+IMPUTE_MODES = ("zero", "mean", "cross_attention")
 
 
 class CrossAttentionImputer(nn.Module):
@@ -57,27 +57,12 @@ class CrossAttentionImputer(nn.Module):
         return mix + self.w_v_up(self.w_v_down(mix))
 
 
-IMPUTE_LOSSES = ("mse", "nce")
-
-
-def imputation_loss(reps: dict[str, torch.Tensor], imputed: dict[str, torch.Tensor], paired: torch.Tensor,
-                    weight: float, kind: str = "mse", temperature: float = 0.1) -> torch.Tensor | None:
-    """What trains the imputer's weights, on the rows that have both modalities: ``mse`` is
-    ``weight * MSE`` to the real (detached) representation; ``nce`` is ``weight * InfoNCE``
-    between imputations and real representations, which rewards an imputation only for being
-    nearer its own row's real modality than the other rows' (MSE is met by the mean of a
-    space whose rows share a large common component, an imputation that carries nothing)."""
+def imputation_loss(reps: dict[str, torch.Tensor], imputed: dict[str, torch.Tensor],
+                    paired: torch.Tensor, weight: float) -> torch.Tensor | None:
+    """``weight * MSE`` between each modality's imputation and its real (detached)
+    representation on the rows that have both: what trains the imputer's weights."""
     if weight <= 0 or len(imputed) < 2 or not bool(paired.any()):
         return None
-    if kind == "nce":
-        if int(paired.sum()) < 2:
-            return None
-        terms = []
-        for m in ("image", "text"):
-            a = F.normalize(imputed[m][paired], dim=-1)
-            b = F.normalize(reps[m][paired].detach(), dim=-1)
-            terms.append(F.cross_entropy(a @ b.T / temperature, torch.arange(len(a), device=a.device)))
-        return weight * 0.5 * sum(terms)
     return weight * 0.5 * sum(torch.mean((imputed[m][paired] - reps[m][paired].detach()) ** 2)
                               for m in ("image", "text"))
 

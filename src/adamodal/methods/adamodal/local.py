@@ -7,12 +7,6 @@ modality of a row is hidden with probability ``modality_dropout`` so that the sh
 and classifier learn to predict from one modality (imputed or, under ``impute=zero``, masked),
 which is what the unimodal clients predict from. The random draws come from the client's
 generator, so a run is reproducible.
-
-Under strong label skew a client holds a few classes, and plain cross-entropy drives down the
-logits of every class it lacks, which is how local epochs undo what other clients taught the
-shared head. ``restrict`` (alpha in [0, 1]) scales the logits of the classes absent from the
-client's own training split by alpha in the task loss only (restricted softmax, FedRS, Li and
-Zhan, KDD 2021); prediction always uses the full softmax. 1 turns it off.
 """
 
 from __future__ import annotations
@@ -50,8 +44,6 @@ class LocalTerms:
     impute_weight: float = 1.0
     beta: float = 0.1
     modality_dropout: float = 0.3
-    restrict: float = 1.0
-    impute_loss: str = "mse"
 
 
 def dropout_masks(m_img: torch.Tensor, m_txt: torch.Tensor, p: float,
@@ -72,21 +64,11 @@ def local_terms(fwd: Forward, terms: LocalTerms) -> torch.Tensor:
     if terms.infonce_weight > 0 and "image" in fwd.reps and "text" in fwd.reps and bool(paired.any()):
         loss = loss + terms.infonce_weight * info_nce(fwd.reps["image"][paired], fwd.reps["text"][paired],
                                                       terms.infonce_temperature)
-    for extra in (imputation_loss(fwd.reps, fwd.imputed, paired, terms.impute_weight, terms.impute_loss,
-                                  terms.infonce_temperature),
+    for extra in (imputation_loss(fwd.reps, fwd.imputed, paired, terms.impute_weight),
                   propagation_loss(fwd.reps, fwd.protos, fwd.rows, terms.beta)):
         if extra is not None:
             loss = loss + extra
     return loss
-
-
-def class_scale(y: torch.Tensor, num_classes: int, task: str, alpha: float) -> torch.Tensor | None:
-    """Per-class logit factors of the restricted softmax: 1 for classes in ``y``, ``alpha`` for
-    the others; None when off (``alpha == 1``) or for multi-label tasks."""
-    if alpha >= 1.0 or task != "multiclass" or len(y) == 0:
-        return None
-    present = torch.bincount(y.long(), minlength=num_classes) > 0
-    return torch.where(present, 1.0, float(alpha)).to(y.device)
 
 
 BatchExtra = Callable[[AdaModalNet, Tensors, Forward], torch.Tensor]
@@ -101,14 +83,12 @@ def train_local(model: AdaModalNet, data: Tensors, cfg: dict, terms: LocalTerms,
     data = data.to(device)
     opt = make_optimizer(model.parameters(), cfg)
     paired_possible = terms.infonce_weight > 0 or terms.impute_weight > 0
-    scale = class_scale(data.y, int(model.spec.num_classes), task, terms.restrict)
 
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
         b = data.subset(rows)
         hide = dropout_masks(b.m_img, b.m_txt, terms.modality_dropout, generator)
-        fwd = model.run(b.x_img, b.x_txt, b.m_img, b.m_txt, hide=hide, impute_all=paired_possible, y=b.y)
-        logits = fwd.logits if scale is None else fwd.logits * scale
-        loss = task_loss(logits, b.y, task) + local_terms(fwd, terms)
+        fwd = model.run(b.x_img, b.x_txt, b.m_img, b.m_txt, hide=hide, impute_all=paired_possible)
+        loss = task_loss(fwd.logits, b.y, task) + local_terms(fwd, terms)
         return loss if extra is None else loss + extra(model, b, fwd)
 
     return minibatch_epochs(len(data), epochs, int(cfg["batch_size"]), opt, batch_loss, generator)

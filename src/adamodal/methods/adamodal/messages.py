@@ -3,11 +3,7 @@
 ``g.<param>``: a global parameter sent down; ``k.<name>``: the server's knowledge (``C_img``,
 ``C_txt``, ``pi``, ``Z_img``, ``Z_txt``, ``mean_img``, ``mean_txt``); ``t<i>.<param>``: teacher
 i's parameters relayed for distillation, with ``t<i>.__modalities``; summaries go up as
-``c_<m>`` (centroids), ``n_<m>`` (counts), ``h_<m>`` (label histograms) and, for the
-calibration, ``cs_<m>`` / ``cq_<m>`` / ``cn_<m>`` (per-class sums, sums of squares, counts);
-under ``impute=bank`` also ``b_img`` / ``b_txt`` / ``b_y`` / ``b_n`` (paired input-space centroids)
-and ``fs_<m>`` / ``fn_<m>`` (per-class feature sums and counts); the server's bank goes down as
-``k.B_img`` / ``k.B_txt`` / ``k.B_y``.
+``c_<m>`` (centroids), ``n_<m>`` (counts), ``h_<m>`` (label histograms).
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ import numpy as np
 from adamodal.methods.base import Message
 
 GLOBAL, KNOWLEDGE = "g.", "k."
-SUMMARY_PREFIXES = ("c_", "n_", "h_", "cs_", "cq_", "cn_", "b_", "fs_", "fn_")
+SUMMARY_PREFIXES = ("c_", "n_", "h_")
 TEACHER_MODALITIES = "__modalities"
 
 

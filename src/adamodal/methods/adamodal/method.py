@@ -3,9 +3,9 @@
 Round 1: ``warmup`` -> ``teach`` -> ``kd`` (stage 1) -> ``summarize`` -> ``train`` ->
 ``summarize``; every later round: ``train`` (stages 3 and 4 with the server's knowledge, then
 the global update) -> ``summarize`` (stage 2 with the new global projections sent down; the
-server clusters, pairs, computes Z and calibrates the head, stage 5). So the model a round ends
-with is the calibrated one, and the knowledge it is evaluated with describes its own space.
-This class only routes; the stages' work lives in their modules.
+server clusters, pairs and computes Z). So the knowledge a round's model is evaluated with
+describes that model's own space, never the previous round's. This class only routes; the
+stages' work lives in their modules.
 """
 
 from __future__ import annotations
@@ -18,20 +18,11 @@ from torch import nn
 
 from adamodal.engine.train import scores_from_logits, task_loss
 from adamodal.methods.adamodal import distill, messages
-from adamodal.methods.adamodal.calibration import HEAD, calibrate_head, pooled_gaussians
 from adamodal.methods.adamodal.imputation import cluster_prototypes, imputation_quality
 from adamodal.methods.adamodal.local import LocalTerms, train_local
 from adamodal.methods.adamodal.net import AdaModalNet, build_adamodal_net, key_modality, key_role
 from adamodal.methods.adamodal.options import DEFAULTS, read_options
-from adamodal.methods.adamodal.summarize import (
-    Knowledge,
-    class_centroids,
-    client_summary,
-    cluster_summaries,
-    feature_class_sums,
-    paired_summary,
-    pooled_bank,
-)
+from adamodal.methods.adamodal.summarize import Knowledge, client_summary, cluster_summaries
 from adamodal.methods.base import (
     ClientContext,
     ClientInfo,
@@ -61,8 +52,7 @@ class AdaModalFed(Method):
         self.opt = read_options(cfg)
         o = self.opt
         self.terms = LocalTerms(float(o["infonce_weight"]), float(o["infonce_temperature"]),
-                                float(o["impute_weight"]), float(o["beta"]), float(o["modality_dropout"]),
-                                float(o["restrict"]), str(o["impute_loss"]))
+                                float(o["impute_weight"]), float(o["beta"]), float(o["modality_dropout"]))
         self._initial: dict[str, np.ndarray] | None = None
         self._server_model: AdaModalNet | None = None
 
@@ -72,8 +62,7 @@ class AdaModalFed(Method):
         return build_adamodal_net(
             self.spec, self.seed, heads=int(o["heads"]), tau=float(o["tau"]), impute=str(o["impute"]),
             cross_attention=bool(o["cross_attention"]), gate=bool(o["gate"]), rank=int(o["rank"]),
-            personal_rank=int(o["personal_rank"]), adapter_rank=int(o["adapter_rank"]), key_dim=int(o["key_dim"]),
-            bank_k=int(o["bank_k"]),
+            personal_rank=int(o["personal_rank"]), adapter_rank=int(o["adapter_rank"]),
         ).to(self.device)
 
     def model(self) -> AdaModalNet:
@@ -166,8 +155,6 @@ class AdaModalFed(Method):
             self.packages = {}  # teachers' projections are not kept beyond their relay
         elif phase == "summarize":
             self.knowledge = self.cluster(replies, rnd)
-            if self.calibrates():
-                self.calibrate(replies, rnd)
         elif phase == "train":
             self.round_updates = {}
             self.scores.update(distill.comparable_scores({c: r.scalars for c, r in replies.items()}))
@@ -202,48 +189,16 @@ class AdaModalFed(Method):
 
     def cluster(self, replies: dict[int, Message], rnd: int) -> dict[str, np.ndarray]:
         """Stage 2 on the server, then stage 3's cluster-level representations Z."""
-        if self.summary_mode() == "classes":
-            know = class_centroids(pooled_gaussians([r.arrays for r in replies.values()]))
-        else:
-            seeds = tuple(int(np.random.SeedSequence([self.seed, rnd, 17, i]).generate_state(1)[0]) for i in range(2))
-            know, metrics = cluster_summaries([r.arrays for r in replies.values()], int(self.opt["k"]),
-                                              cluster=bool(self.opt["cluster"]), seeds=seeds)  # type: ignore[arg-type]
-            self.diagnostics.update(metrics)
-        if self.opt["impute"] == "bank":
-            know.update(pooled_bank([r.arrays for r in replies.values()]))
+        seeds = tuple(int(np.random.SeedSequence([self.seed, rnd, 17, i]).generate_state(1)[0]) for i in range(2))
+        know, metrics = cluster_summaries([r.arrays for r in replies.values()], int(self.opt["k"]),
+                                          cluster=bool(self.opt["cluster"]), seeds=seeds)  # type: ignore[arg-type]
+        self.diagnostics.update(metrics)
         if "pi" in know:
             k = Knowledge.from_arrays({x: know[x] for x in ("C_img", "C_txt", "pi")}, self.device)
             assert k is not None
             imputer = self.fresh(self.global_params).imputer if self.opt["cross_attention"] else None
             know.update(cluster_prototypes(imputer, k.keys))
         return know
-
-    def calibrates(self) -> bool:
-        return bool(self.opt["calibrate"]) and self.spec.task == "multiclass" and self.opt["share"] == "centroids"
-
-    def summary_mode(self) -> str:
-        """``classes`` needs class statistics (multi-class, summaries not rows); else K-Means."""
-        classes = self.opt["summary"] == "classes" and self.spec.task == "multiclass" and self.opt["share"] == "centroids"
-        return "classes" if classes else "kmeans"
-
-    def class_stats(self) -> bool:
-        return self.calibrates() or self.summary_mode() == "classes"
-
-    def calibrate(self, replies: dict[int, Message], rnd: int) -> None:
-        """Stage 5: the head retrained on virtual rows drawn from the pooled class statistics,
-        through the gate and imputation of the knowledge just computed."""
-        gaussians = pooled_gaussians([r.arrays for r in replies.values()])
-        if not gaussians:
-            return
-        model = self.fresh(self.global_params, knowledge=self.knowledge or None, model=self.model())
-        seed = int(np.random.SeedSequence([self.seed, rnd, 29]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # dropout inside the head
-            loss = calibrate_head(model, gaussians, self.cfg, per_class=int(self.opt["calibrate_samples"]),
-                                  epochs=int(self.opt["calibrate_epochs"]), seed=seed)
-        trained = state_arrays(model, HEAD)
-        self.global_params.update({k: v for k, v in trained.items() if k in self.global_params})
-        self.diagnostics["calibration_loss"] = loss
 
     def round_metrics(self, rnd: int) -> dict[str, float]:
         return dict(self.diagnostics)
@@ -349,29 +304,8 @@ class AdaModalFed(Method):
         arrays = client_summary(reps, rows, ctx.train.y.numpy(), self.spec.num_classes, k_local=int(o["k_local"]),
                                 min_count=int(o["min_count"]), share_rows=o["share"] == "embeddings",
                                 clip=float(o["dp_clip"]), sigma=float(o["dp_sigma"]),
-                                rng=np.random.default_rng([ctx.seed, 5]), class_stats=self.class_stats())
-        if o["impute"] == "bank" and o["share"] == "centroids":
-            arrays.update(self.bank_summary(ctx))
+                                rng=np.random.default_rng([ctx.seed, 5]))
         return Message(arrays, {"num_examples": len(ctx.train)})
-
-    def bank_summary(self, ctx: ClientContext) -> dict[str, np.ndarray]:
-        """``impute=bank``: the client's paired rows as paired input-space centroids, and per
-        class and modality the sum of its input features (multi-class)."""
-        d, o, task = ctx.train, self.opt, self.spec.task
-        if d.x_img is None or d.x_txt is None:
-            return {}
-        x = {"img": d.x_img.flatten(1).numpy(), "txt": d.x_txt.flatten(1).numpy()}
-        rows = {"img": d.m_img.numpy(), "txt": d.m_txt.numpy()}
-        y = d.y.numpy()
-        both = rows["img"] & rows["txt"]
-        out = paired_summary(x["img"][both], x["txt"][both], y[both], task, self.spec.num_classes,
-                             k_local=int(o["k_local"]), min_count=int(o["min_count"]), seed=ctx.seed)
-        if task == "multiclass":
-            for s in ("img", "txt"):
-                if rows[s].any():
-                    out[f"fs_{s}"], out[f"fn_{s}"] = feature_class_sums(x[s][rows[s]], y[rows[s]].astype(np.int64),
-                                                                        self.spec.num_classes, int(o["min_count"]))
-        return out
 
     def client_train(self, ctx: ClientContext, msg: Message) -> Message:
         glob, know = messages.unpack(msg)

@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
-from adamodal.methods._fill import fill_from_pairs
 from adamodal.methods.adamodal.gating import ForgetGate
 from adamodal.methods.adamodal.imputation import IMPUTE_MODES, CrossAttentionImputer
 from adamodal.methods.adamodal.summarize import Knowledge, nearest
@@ -132,10 +130,10 @@ class AdaModalNet(MultimodalNet):
 
     def __init__(self, spec: ModelSpec, *, heads: int = 4, tau: float = 1.0, impute: str = "cross_attention",
                  cross_attention: bool = True, gate: bool = True, rank: int = 32, personal_rank: int = 0,
-                 adapter_rank: int = 32, key_dim: int = 16, bank_k: int = 5) -> None:
+                 adapter_rank: int = 32) -> None:
         super().__init__(spec)
         dim = self.rep_dim
-        self.imputer = CrossAttentionImputer(dim, heads=heads, key_dim=key_dim)
+        self.imputer = CrossAttentionImputer(dim, heads=heads)
         self.gate = ForgetGate(dim, tau)
         for name in ("img_proj", "txt_proj"):
             proj = getattr(self, name, None)
@@ -148,7 +146,6 @@ class AdaModalNet(MultimodalNet):
         self.impute_mode = impute
         self.use_cross_attention = cross_attention
         self.use_gate = gate
-        self.bank_k = int(bank_k)
         self.knowledge: Knowledge | None = None
 
     def set_knowledge(self, arrays: dict[str, np.ndarray] | None) -> AdaModalNet:
@@ -167,7 +164,7 @@ class AdaModalNet(MultimodalNet):
         """Modality ``target`` of every row, imputed from its representation of ``source``;
         None where the mode or the knowledge gives nothing (the slot is then masked out)."""
         k = self.knowledge
-        if self.impute_mode in ("zero", "bank") or k is None or target not in k.keys:
+        if self.impute_mode == "zero" or k is None or target not in k.keys:
             return None
         if self.impute_mode == "mean":
             mean = k.means.get(target)
@@ -180,29 +177,11 @@ class AdaModalNet(MultimodalNet):
 
     def run(self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None, m_img: torch.Tensor,
             m_txt: torch.Tensor, hide: dict[str, torch.Tensor] | None = None,
-            impute_all: bool = False, y: torch.Tensor | None = None) -> Forward:
+            impute_all: bool = False) -> Forward:
         """Encode, gate, impute, fuse. ``hide`` masks rows of a modality the row really has
         (modality dropout in training): the hidden slot is imputed like a missing one.
-        ``impute_all`` imputes every row (the imputation loss needs the paired rows too).
-        Under ``impute=bank`` a missing or hidden input is filled from the bank's pairs before
-        encoding: by label when ``y`` is given (training), else by the k nearest."""
-        k = self.knowledge
-        if self.impute_mode == "bank" and k is not None and k.bank and x_img is not None and x_txt is not None:
-            shown = Tensors(x_img, x_txt, m_img & ~hide["image"] if hide else m_img,
-                            m_txt & ~hide["text"] if hide else m_txt,
-                            y if y is not None else torch.zeros(len(m_img), device=m_img.device))
-            filled = fill_from_pairs(shown, k.bank, k.bank_y if y is not None else None,
-                                     task=self.spec.task, k=self.bank_k)
-            reps = self.encode(filled.x_img, filled.x_txt, filled.m_img, filled.m_txt)
-            out = self.from_reps(reps, filled.m_img, filled.m_txt)
-            out.rows = {m: r & (m_img if m == "image" else m_txt) for m, r in out.rows.items()}  # real rows only
-            return out
-        return self.from_reps(self.encode(x_img, x_txt, m_img, m_txt), m_img, m_txt, hide, impute_all)
-
-    def from_reps(self, reps: dict[str, torch.Tensor], m_img: torch.Tensor, m_txt: torch.Tensor,
-                  hide: dict[str, torch.Tensor] | None = None, impute_all: bool = False) -> Forward:
-        """:meth:`run` after the encoders: what the server's calibration trains on sampled
-        representations goes through exactly the gate, imputation and fusion of a real row."""
+        ``impute_all`` imputes every row (the imputation loss needs the paired rows too)."""
+        reps = self.encode(x_img, x_txt, m_img, m_txt)
         none = torch.zeros_like(m_img)
         rows = {"image": m_img if "image" in reps else none, "text": m_txt if "text" in reps else none}
         out = Forward(torch.empty(0), reps, rows)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from adamodal.errors import ConfigError
-from adamodal.methods.adamodal.imputation import IMPUTE_LOSSES, IMPUTE_MODES
+from adamodal.methods.adamodal.imputation import IMPUTE_MODES
 
 SHARE_MODES = ("centroids", "embeddings")
-SUMMARY_MODES = ("kmeans", "classes")
 CONTRIBUTION_MODES = ("score", "size")
 
 DEFAULTS: dict[str, Any] = {
@@ -27,7 +26,6 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.infonce_temperature": 0.1,
     "adamodal.infonce_weight": 0.5,
     # stage 2: summaries and clustering
-    "adamodal.summary": "kmeans",
     "adamodal.cluster": True,
     "adamodal.k": 32,
     "adamodal.k_local": 8,
@@ -39,21 +37,13 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.cross_attention": True,
     "adamodal.impute": "cross_attention",
     "adamodal.impute_weight": 1.0,
-    "adamodal.impute_loss": "mse",
-    "adamodal.bank_k": 5,
     "adamodal.heads": 4,
-    "adamodal.key_dim": 16,
     # stage 4: propagation and gating
     "adamodal.gate": True,
     "adamodal.tau": 1.0,
     "adamodal.beta": 0.1,
-    # stage 5: the server's calibration of the shared head from class statistics
-    "adamodal.calibrate": False,
-    "adamodal.calibrate_samples": 64,
-    "adamodal.calibrate_epochs": 3,
     # local training and the global update
     "adamodal.modality_dropout": 0.3,
-    "adamodal.restrict": 1.0,
     "adamodal.contribution": "size",
     "adamodal.tau_c": 1.0,
     "adamodal.rank": 32,
@@ -65,8 +55,7 @@ DEFAULTS: dict[str, Any] = {
 def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """``{short key: value}`` from the config, checked; one ConfigError naming the key."""
     o = {k.split(".", 1)[1]: cfg.get(k, v) for k, v in DEFAULTS.items()}
-    for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES),
-                       ("summary", SUMMARY_MODES), ("impute_loss", IMPUTE_LOSSES)):
+    for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES)):
         if o[key] not in valid:
             raise ConfigError(f"adamodal.{key}: {o[key]!r} is not one of {', '.join(valid)}")
     if not 0 < float(o["kd_threshold"]) < 1:
@@ -77,14 +66,12 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("kd_weight", "infonce_weight", "beta", "dp_sigma", "impute_weight"):
         if float(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
-    for key in ("k_local", "k", "heads", "key_dim", "kd_teachers", "min_count", "bank_k"):
+    for key in ("k_local", "k", "heads", "kd_teachers", "min_count"):
         if int(o[key]) < 1:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 1")
-    for key in ("warmup_epochs", "kd_epochs", "rank", "personal_rank", "adapter_rank", "calibrate_samples", "calibrate_epochs"):
+    for key in ("warmup_epochs", "kd_epochs", "rank", "personal_rank", "adapter_rank"):
         if int(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
-    if not 0 <= float(o["restrict"]) <= 1:
-        raise ConfigError(f"adamodal.restrict: {o['restrict']} must be in [0, 1]")
     if not 0 <= float(o["modality_dropout"]) < 1:
         raise ConfigError(f"adamodal.modality_dropout: {o['modality_dropout']} must be in [0, 1)")
     return o
