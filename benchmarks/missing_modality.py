@@ -23,7 +23,7 @@ from pathlib import Path
 
 from adamodal.config import parse_assignments, scenario_names
 from adamodal.errors import AdamodalError
-from adamodal.suite import plot_headroom, run_suite, suite_tables
+from adamodal.suite import cached_records, plot_headroom, run_suite, suite_tables
 
 
 def _names(text: str) -> list[str]:
@@ -42,13 +42,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="config overrides for every run; they win over the scenarios' keys")
     p.add_argument("--out", type=Path, default=Path("runs/suite"))
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tables-only", action="store_true",
+                   help="run nothing: rebuild results.md and headroom.png from the records already in --out")
     args = p.parse_args(argv)
     try:
         scenarios = _names(args.scenarios) or scenario_names()
         seeds = [int(s) for s in _names(args.seeds)]
         t0 = time.perf_counter()
-        records = run_suite(scenarios, seeds, _names(args.methods), args.out,
-                            overrides=parse_assignments(args.assignments), rounds=args.rounds, quiet=args.quiet)
+        if args.tables_only:
+            records = cached_records(args.out, scenarios, seeds, _names(args.methods))
+        else:
+            records = run_suite(scenarios, seeds, _names(args.methods), args.out,
+                                overrides=parse_assignments(args.assignments), rounds=args.rounds, quiet=args.quiet)
     except AdamodalError as exc:
         print(f"missing_modality: error: {exc}", file=sys.stderr)
         return exc.exit_code

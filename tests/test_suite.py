@@ -190,3 +190,14 @@ def test_a_variant_runs_its_method_with_its_keys_under_its_own_name(tmp_path, mo
     cfg = suite.suite_config("carmfl", "fedavg_dropout", 0, rounds=2)
     assert cfg["method"] == "fedavg" and cfg["fedavg.modality_dropout"] == 0.3
     assert suite.suite_config("carmfl", "fedavg", 0, rounds=2)["fedavg.modality_dropout"] == 0.0
+
+
+def test_tables_can_be_rebuilt_from_the_records_alone(tmp_path):
+    for name, groups in (("ceiling", {"image_only": {"macro_auc": 0.9}}), ("fedavg", {"image_only": 0.8}),
+                         ("adamodal", {"image_only": 0.85})):
+        suite._write(tmp_path / "results" / "carmfl" / f"{name}-seed0.json",
+                     {"scenario": "carmfl", "method": name, "seed": 0, "digest": "old", "groups": groups,
+                      "bytes_up_per_round": 10, "wall_s": 1.0})
+    records = suite.cached_records(tmp_path, ["carmfl", "few-multimodal"], [0, 1], ["adamodal", "prototype"])
+    assert sorted(r["method"] for r in records) == ["adamodal", "ceiling", "fedavg"]
+    assert "50%" in suite.suite_tables(records)  # (0.85 - 0.80) / (0.90 - 0.80)

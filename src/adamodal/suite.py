@@ -141,6 +141,26 @@ def run_suite(scenarios: Sequence[str], seeds: Sequence[int], methods: Sequence[
     return records
 
 
+def cached_records(out: Path, scenarios: Sequence[str], seeds: Sequence[int],
+                   methods: Sequence[str]) -> list[dict[str, Any]]:
+    """The records already under ``out`` for these scenarios, seeds and methods (and the
+    ceilings), as they were computed: nothing is run and no config is compared, so tables can
+    be rebuilt from a suite whose code has since changed in ways that do not touch its numbers
+    (say so where you publish them)."""
+    methods = [REFERENCE] + [m for m in methods if m != REFERENCE]
+    records = []
+    for s in scenarios:
+        for seed in seeds:
+            for name in ("ceiling", *methods):
+                path = out / "results" / s / f"{name}-seed{seed}.json"
+                if path.exists():
+                    try:
+                        records.append(json.loads(path.read_text()))
+                    except (OSError, json.JSONDecodeError):
+                        continue
+    return records
+
+
 # ---- tables and the heatmap ----------------------------------------------------------------
 
 def _mean_std(vals: Sequence[float]) -> str:
