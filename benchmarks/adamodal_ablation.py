@@ -1,42 +1,108 @@
-"""AdaModal-Fed ablations on the emoji default: each stage switched off in turn, the imputation
-choices, and a sweep of the server's cluster count K. FedAvg is the reference row.
+"""AdaModal-Fed's stages, each switched off in turn, on named scenarios: what each buys, and
+which configuration the clients' VALIDATION splits prefer.
 
-    .venv/bin/python benchmarks/adamodal_ablation.py [--seeds 0,1,2] [--out runs/bench-ablation]
+For every scenario x seed x variant it runs the method in process, then scores the final
+global model twice:
+- on every client's own validation split (each row with the modalities its client has),
+  predictions pooled per client group: the selection score is the mean over groups. This is
+  the number a default may be chosen on;
+- on the server's test views (``groups_server_test``), the number the tables report.
+A run's record is cached under ``--out``, so a killed sweep resumes.
 
-Writes OUT/ablation/results.md and OUT/k_sweep/results.md (+ comparison.png in each).
+    .venv/bin/python benchmarks/adamodal_ablation.py [--scenarios few-multimodal,aligned-skew]
+        [--seeds 0,1,2] [--out runs/bench-ablation]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from adamodal.bench import run_variants
+import numpy as np
+import torch
 
-ABLATIONS = {
-    "fedavg": {"method": "fedavg"},
-    "adamodal": {"method": "adamodal"},
-    "no kd": {"method": "adamodal", "adamodal.kd": "false"},
-    "no cluster": {"method": "adamodal", "adamodal.cluster": "false"},
-    "no cross-attention": {"method": "adamodal", "adamodal.cross_attention": "false"},
-    "no gate": {"method": "adamodal", "adamodal.gate": "false"},
-    "impute=zero": {"method": "adamodal", "adamodal.impute": "zero"},
-    "impute=mean": {"method": "adamodal", "adamodal.impute": "mean"},
+from adamodal.config import resolve
+from adamodal.engine.simulator import Simulator, prepare
+from adamodal.engine.tensors import Tensors
+from adamodal.engine.train import predict
+from adamodal.metrics import compute_metrics
+
+VARIANTS = {
+    "default": {},
+    "no kd": {"adamodal.kd": "false"},
+    "no gate": {"adamodal.gate": "false"},
+    "beta=0": {"adamodal.beta": "0"},
+    "impute=zero": {"adamodal.impute": "zero"},
+    "no modality dropout": {"adamodal.modality_dropout": "0"},
+    "full projections (rank=0)": {"adamodal.rank": "0", "adamodal.adapter_rank": "0"},
 }
-K_VALUES = (4, 8, 16, 32, 64)
+GROUPS = ("multimodal", "image_only", "text_only")
+
+
+def one_run(scenario: str, seed: int, overrides: dict[str, str], run_dir: Path) -> dict:
+    record = run_dir / "record.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    cfg = resolve({}, {"scenario": scenario, "method": "adamodal", "seed": seed, **overrides})
+    exp = prepare(cfg, progress=False)
+    sim = Simulator(exp, run_dir, progress=False)
+    summary = sim.run()
+    model = sim.method.global_model()
+    val = {}
+    for g in GROUPS:
+        members = [c.val for c in exp.clients if c.group == g and len(c.val)]
+        if members:
+            data = Tensors.concat(members)
+            val[g] = compute_metrics(predict(model, data, exp.spec.task), data.y.numpy(), exp.spec.task)["macro_auc"]
+    out = {"val": val, "test": {g: m["macro_auc"] for g, m in summary["groups_server_test"].items()},
+           "bytes_up_per_round": summary["bytes_up_per_round"], "wall_s": summary["wall_s"]}
+    record.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _cell(vals: list[float]) -> str:
+    vals = [v for v in vals if v is not None and np.isfinite(v)]
+    if not vals:
+        return "–"
+    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenarios", default="few-multimodal,aligned-skew")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     p.add_argument("--out", type=Path, default=Path("runs/bench-ablation"))
-    p.add_argument("--skip-k", action="store_true", help="only the ablation table")
     args = p.parse_args()
+    torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    run_variants(ABLATIONS, seeds, {}, args.out / "ablation", quiet=True, title="AdaModal-Fed ablations")
-    if not args.skip_k:
-        sweep = {f"K={k}": {"method": "adamodal", "adamodal.k": str(k)} for k in K_VALUES}
-        run_variants(sweep, seeds, {}, args.out / "k_sweep", quiet=True, title="AdaModal-Fed: server clusters K")
+    names = [v for v in args.variants.split(",") if v]
+    lines = []
+    for scenario in [s for s in args.scenarios.split(",") if s]:
+        rows = {}
+        for name in names:
+            rows[name] = [one_run(scenario, seed, VARIANTS[name], args.out / scenario / name.replace(" ", "_")
+                                  / f"seed{seed}") for seed in seeds]
+            print(f"{scenario} {name}: done", flush=True)
+        groups = [g for g in GROUPS if any(g in r["test"] for rs in rows.values() for r in rs)]
+        score = {n: np.mean([np.nanmean([r["val"][g] for g in groups if g in r["val"]]) for r in rs])
+                 for n, rs in rows.items()}
+        best = max(score, key=score.get)
+        lines += [f"\n### {scenario} (seeds {args.seeds})\n",
+                  "| variant | validation score | " + " | ".join(f"val {g}" for g in groups) + " | "
+                  + " | ".join(f"server test {g}" for g in groups) + " | MB up/round |",
+                  "|---|---|" + "---|" * (2 * len(groups)) + "---|"]
+        for n, rs in rows.items():
+            cells = [_cell([r["val"].get(g) for r in rs]) for g in groups]
+            cells += [_cell([r["test"].get(g) for r in rs]) for g in groups]
+            mark = " (best on validation)" if n == best else ""
+            lines.append(f"| {n}{mark} | {score[n]:.3f} | " + " | ".join(cells)
+                         + f" | {np.mean([r['bytes_up_per_round'] for r in rs]) / 1e6:.2f} |")
+    text = "\n".join(lines)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text("# AdaModal-Fed ablations\n" + text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
