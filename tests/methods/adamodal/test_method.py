@@ -211,7 +211,7 @@ def test_three_rounds_end_to_end_on_emoji(tmp_path):
 
 
 def test_each_projection_is_averaged_over_the_clients_that_hold_its_modality(small_experiment):
-    exp, m = _method(small_experiment)
+    exp, m = _method(small_experiment, adamodal__rank=32)  # the factorised form, to name its parts
     rng = np.random.default_rng(0)
     replies = {}
     for cid in (0, 3, 4):  # image+text, image-only, text-only
@@ -231,3 +231,22 @@ def test_each_projection_is_averaged_over_the_clients_that_hold_its_modality(sma
     np.testing.assert_allclose(m.global_params["txt_proj.gain"], mean("txt_proj.gain", (0, 4)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.global_params["classifier.weight"], mean("classifier.weight", (0, 3, 4)),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_float16_uploads_halve_the_bytes_and_keep_the_average(small_experiment):
+    """``upload_precision=float16``: every float parameter goes up in half precision (half
+    the bytes), the server keeps float32 and its average moves by rounding only."""
+    replies, globals_ = {}, {}
+    for precision in ("float32", "float16"):
+        exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False,
+                         adamodal__upload_precision=precision)
+        log: list = []
+        _round(exp, m, 1, {}, log)
+        replies[precision] = next(r for phase, cid, r in log if phase == "train" and cid == 0)
+        globals_[precision] = m.global_params
+    half, full = replies["float16"], replies["float32"]
+    assert {a.dtype.name for a in half.arrays.values()} == {"float16"}
+    assert half.nbytes() < 0.52 * full.nbytes()
+    for k, v in globals_["float16"].items():
+        assert v.dtype == np.float32
+        np.testing.assert_allclose(v, globals_["float32"][k], atol=2e-2, rtol=1e-2)

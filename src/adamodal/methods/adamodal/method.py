@@ -165,7 +165,8 @@ class AdaModalFed(Method):
     def collect(self, replies: dict[int, Message]) -> None:
         """Keep each reply's global parts with its size and score, for :meth:`average`."""
         for cid, r in replies.items():
-            glob = {k: v for k, v in r.arrays.items() if key_role(k) == "global"}
+            glob = {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+                    for k, v in r.arrays.items() if key_role(k) == "global"}
             if glob:
                 self.round_updates[cid] = (glob, float(r.scalars["num_examples"]), self.scores.get(cid, 0.0))
 
@@ -248,12 +249,19 @@ class AdaModalFed(Method):
             self.scores = dict(zip(state["scores.cid"].tolist(), state["scores.value"].tolist(), strict=True))
 
     # ---- client side --------------------------------------------------------------------
+    def upload(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Parameters as they go up: ``upload_precision=float16`` halves their bytes (the
+        server averages in float64 and keeps float32); integer buffers are sent as they are."""
+        if self.opt["upload_precision"] != "float16":
+            return arrays
+        return {k: v.astype(np.float16) if np.issubdtype(v.dtype, np.floating) else v for k, v in arrays.items()}
+
     def client_step(self, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
         if phase == "warmup":
             return self.client_warmup(ctx)
         if phase == "teach":
             keys = self.upload_keys(ctx.modalities, ("global", "personal"))
-            return Message(_select(ctx.state, keys), {"num_examples": len(ctx.train)})
+            return Message(self.upload(_select(ctx.state, keys)), {"num_examples": len(ctx.train)})
         if phase == "kd":
             return self.client_kd(ctx, msg)
         if phase == "summarize":
@@ -267,7 +275,7 @@ class AdaModalFed(Method):
         train_local(model, ctx.train, ctx.cfg, self.terms, task=ctx.spec.task, epochs=int(self.opt["warmup_epochs"]),
                     generator=ctx.generator, device=self.device)
         ctx.state = _trained(model)  # the whole model until the first global average
-        arrays = {} if self.opt["kd"] else _select(ctx.state, self.upload_keys(ctx.modalities))
+        arrays = {} if self.opt["kd"] else self.upload(_select(ctx.state, self.upload_keys(ctx.modalities)))
         return Message(arrays, {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
 
     def client_kd(self, ctx: ClientContext, msg: Message) -> Message:
@@ -289,7 +297,7 @@ class AdaModalFed(Method):
             train_local(model, ctx.train, ctx.cfg, self.terms, task=task, epochs=int(self.opt["kd_epochs"]),
                         generator=ctx.generator, device=self.device, extra=distil)
             ctx.state = _trained(model)
-        return Message(_select(ctx.state, self.upload_keys(ctx.modalities)),
+        return Message(self.upload(_select(ctx.state, self.upload_keys(ctx.modalities))),
                        {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
 
     @torch.no_grad()
@@ -315,7 +323,7 @@ class AdaModalFed(Method):
                            epochs=int(ctx.cfg["local_epochs"]), generator=ctx.generator, device=self.device)
         params = _trained(model)
         ctx.state = _personal(params)
-        return Message(_select(params, self.upload_keys(ctx.modalities)),
+        return Message(self.upload(_select(params, self.upload_keys(ctx.modalities))),
                        {"num_examples": len(ctx.train), "loss": loss, **diagnostics, **self.val_scores(model, ctx)})
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from adamodal.methods.adamodal.imputation import IMPUTE_MODES
 
 SHARE_MODES = ("centroids", "embeddings")
 CONTRIBUTION_MODES = ("score", "size")
+PRECISIONS = ("float32", "float16")
 
 DEFAULTS: dict[str, Any] = {
     # stage 1: warm-up and knowledge distillation
@@ -46,16 +47,18 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.modality_dropout": 0.3,
     "adamodal.contribution": "size",
     "adamodal.tau_c": 1.0,
-    "adamodal.rank": 32,
-    "adamodal.adapter_rank": 32,
+    "adamodal.rank": 0,
+    "adamodal.adapter_rank": 0,
     "adamodal.personal_rank": 0,
+    "adamodal.upload_precision": "float16",
 }
 
 
 def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """``{short key: value}`` from the config, checked; one ConfigError naming the key."""
     o = {k.split(".", 1)[1]: cfg.get(k, v) for k, v in DEFAULTS.items()}
-    for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES)):
+    for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES),
+                       ("upload_precision", PRECISIONS)):
         if o[key] not in valid:
             raise ConfigError(f"adamodal.{key}: {o[key]!r} is not one of {', '.join(valid)}")
     if not 0 < float(o["kd_threshold"]) < 1:
@@ -72,6 +75,9 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("warmup_epochs", "kd_epochs", "rank", "personal_rank", "adapter_rank"):
         if int(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
+    if int(o["personal_rank"]) > 0 and int(o["rank"]) == 0:
+        raise ConfigError("adamodal.personal_rank: a personal update lives on a factorised projection; "
+                          "set adamodal.rank > 0 as well")
     if not 0 <= float(o["modality_dropout"]) < 1:
         raise ConfigError(f"adamodal.modality_dropout: {o['modality_dropout']} must be in [0, 1)")
     return o
