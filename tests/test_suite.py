@@ -201,3 +201,21 @@ def test_tables_can_be_rebuilt_from_the_records_alone(tmp_path):
     records = suite.cached_records(tmp_path, ["carmfl", "few-multimodal"], [0, 1], ["adamodal", "prototype"])
     assert sorted(r["method"] for r in records) == ["adamodal", "ceiling", "fedavg"]
     assert "50%" in suite.suite_tables(records)  # (0.85 - 0.80) / (0.90 - 0.80)
+
+
+def test_a_run_folder_from_an_older_version_is_run_again_not_an_error(tmp_path, monkeypatch):
+    cfg = suite.suite_config("carmfl", "fedavg", 0, rounds=2)
+    run_dir = tmp_path / "runs" / "carmfl" / "fedavg" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text('method = "fedavg"\n"fedavg.gone" = 1\n')
+    (run_dir / "summary.json").write_text("{}")
+    calls = []
+
+    def fake_run(cfg, out, **kw):
+        calls.append(kw)
+        return {"rounds": 2, "groups_server_test": {"image_only": {"macro_auc": 0.7}}, "bytes_up_per_round": 1,
+                "wall_s": 1.0, "clients": {}}
+
+    monkeypatch.setattr("adamodal.engine.simulator.run_experiment", fake_run)
+    assert suite.run_method(cfg, tmp_path)["groups"] == {"image_only": 0.7}
+    assert calls and calls[0]["resume"] is False

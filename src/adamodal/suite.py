@@ -27,6 +27,7 @@ import numpy as np
 
 from adamodal.config import Config, load_toml, resolve
 from adamodal.data.scenario import GROUPS
+from adamodal.errors import AdamodalError
 
 #: the reference every other method is measured against
 REFERENCE = "fedavg"
@@ -77,6 +78,15 @@ def _write(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _same_config(path: Path, cfg: Config) -> bool:
+    """Whether a run folder was made with this config; a folder from a version whose keys no
+    longer exist (or a damaged file) is simply not the same run, and is run again."""
+    try:
+        return resolve(load_toml(path)) == cfg
+    except AdamodalError:
+        return False
+
+
 def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None = None) -> dict[str, Any]:
     """One (scenario, method, seed): from the cache, else resumed or run with the in-process
     simulator; what the tables need, as a JSON record. ``label`` names a variant."""
@@ -88,7 +98,7 @@ def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None 
     if (hit := _cached(path, want)) is not None:
         return hit
     run_dir = out / "runs" / scenario / method / f"seed{seed}"
-    same = (run_dir / "config.toml").exists() and resolve(load_toml(run_dir / "config.toml")) == cfg
+    same = (run_dir / "config.toml").exists() and _same_config(run_dir / "config.toml", cfg)
     if same and (run_dir / "summary.json").exists():  # finished, but killed before its record
         summary = json.loads((run_dir / "summary.json").read_text())
     else:
