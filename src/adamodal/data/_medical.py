@@ -358,3 +358,17 @@ def normal_label(vector: Sequence[float], classes: Sequence[str]) -> str:
     """``normal`` when the ``No Finding`` entry is 1, else ``abnormal``."""
     v = vector[list(classes).index("No Finding")]
     return "normal" if not math.isnan(v) and v == 1.0 else "abnormal"
+
+
+def read_report(path: Path, problems: Problems) -> str | None:
+    """A report's FINDINGS + IMPRESSION, or None (and a problem naming the file) when it is
+    unreadable or empty."""
+    try:
+        text = findings_impression(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(path, f"unreadable report ({exc})")
+        return None
+    if not text:
+        problems.add(path, "empty report")
+        return None
+    return text

@@ -32,7 +32,7 @@ from adamodal.data._medical import (
     Sample,
     Scan,
     choice_option,
-    findings_impression,
+    read_report,
     root_option,
     uncertain_value,
 )
@@ -68,19 +68,6 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
         if p.is_file() and p.suffix.lower() in suffixes:
             found.setdefault(p.stem, p)
     return found
-
-
-def _report(path: Path, problems: Problems) -> str | None:
-    """A report's FINDINGS + IMPRESSION, or None (and a problem) when unreadable or empty."""
-    try:
-        text = findings_impression(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.add(path, f"unreadable report ({exc})")
-        return None
-    if not text:
-        problems.add(path, "empty report")
-        return None
-    return text
 
 
 class FolderSource(MedicalSource):
@@ -199,7 +186,7 @@ class FolderSource(MedicalSource):
                 used_img.add(image)
             if isinstance(tpath, Path):
                 used_txt.add(tpath)
-            text = _report(tpath, problems) if isinstance(tpath, Path) else None
+            text = read_report(tpath, problems) if isinstance(tpath, Path) else None
             if image is None and tpath is None:
                 problems.add(where, f"label row {sid} has no image or report")
             patient = row.get(patient_col, "").strip() if patient_col else ""
@@ -224,7 +211,7 @@ class FolderSource(MedicalSource):
         texts = _files_by_stem(txt_dir, (".txt",)) if txt_dir.is_dir() else {}
         out = []
         for stem in sorted(set(images) | set(texts)):
-            text = _report(texts[stem], problems) if stem in texts else None
+            text = read_report(texts[stem], problems) if stem in texts else None
             out.append(Sample(id=stem, patient=f"{folder.name}/{stem}", label="", image=images.get(stem),
                               text=text, source=str(images.get(stem) or texts[stem])))
         return out

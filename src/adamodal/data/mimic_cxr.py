@@ -42,8 +42,8 @@ from adamodal.data._medical import (
     Sample,
     Scan,
     choice_option,
-    findings_impression,
     normal_label,
+    read_report,
     root_option,
     uncertain_value,
 )
@@ -219,15 +219,8 @@ class MimicCxrSource(MedicalSource):
         empty or unreadable (a problem)."""
         if not os.path.isfile(path):
             return None
-        try:
-            text = findings_impression(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.add(path, f"unreadable report ({exc})")
-            return False
-        if not text:
-            problems.add(path, "empty report")
-            return False
-        return text
+        text = read_report(path, problems)
+        return False if text is None else text
 
 
 SOURCE = MimicCxrSource
