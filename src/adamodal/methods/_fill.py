@@ -1,5 +1,5 @@
 """Filling a row's missing modality with a stand-in: the kit of the imputation methods
-(``prototype``, ``retrieval``, and AdaModal-Fed's ``impute=bank``).
+(``prototype``, ``retrieval``).
 
 A filled modality is an input like any other: its features go where the real ones would and
 its mask is set, so the gated fusion reads it. Training fills through a batch transform
