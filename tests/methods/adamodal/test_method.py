@@ -169,10 +169,11 @@ def test_contribution_weights():
 
 
 def test_server_state_round_trip(small_experiment):
-    exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False)
+    ca = {"adamodal__impute": "cross_attention"}
+    exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False, **ca)
     _round(exp, m, 1, {})
     state = m.server_state()
-    _, m2 = _method(small_experiment)
+    _, m2 = _method(small_experiment, **ca)
     m2.load_server_state(state)
     for a, b in ((m.global_params, m2.global_params), (m.knowledge, m2.knowledge)):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -189,7 +190,7 @@ def test_three_rounds_end_to_end_on_emoji(tmp_path):
     from adamodal.engine.simulator import run_experiment
 
     cfg = resolve({}, {"method": "adamodal", "rounds": 3, "clients.multimodal": 4, "clients.image_only": 1,
-                       "clients.text_only": 1, "seed": 0, "device": "cpu"})
+                       "clients.text_only": 1, "seed": 0, "device": "cpu", "adamodal.impute": "cross_attention"})
     summary = run_experiment(cfg, tmp_path / "run", progress=False)
     for key in ("groups", "groups_server_test"):
         assert set(summary[key]) == {"multimodal", "image_only", "text_only"}

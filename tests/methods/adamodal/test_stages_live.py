@@ -39,18 +39,35 @@ def reference(small_experiment):
 
 @pytest.mark.parametrize("switch", [
     {"adamodal__kd": False},
-    {"adamodal__cross_attention": False},
     {"adamodal__gate": False},
-    {"adamodal__impute": "zero"},
+    {"adamodal__impute": "cross_attention"},  # off by default (chosen on validation): switched on
+    {"adamodal__impute": "mean"},
     {"adamodal__beta": 0.0},
     {"adamodal__infonce_weight": 0.0},
-    {"adamodal__impute_weight": 0.0},
     {"adamodal__modality_dropout": 0.0},
 ], ids=lambda s: "-".join(f"{k.split('__')[1]}={v}" for k, v in s.items()))
 def test_switching_a_stage_changes_one_modality_predictions(small_experiment, reference, switch):
     exp, m, _ = _two_rounds(small_experiment, **switch)
     diff = np.abs(_one_modality_predictions(exp, m) - reference).max()
     assert diff > 1e-3, f"{switch}: predictions moved by {diff:.2e} only"
+
+
+@pytest.mark.parametrize("switch", [{"adamodal__cross_attention": False}, {"adamodal__impute_weight": 0.0}],
+                         ids=["cross_attention=False", "impute_weight=0"])
+def test_the_imputers_parts_are_live_when_it_imputes(small_experiment, switch):
+    """Under impute=cross_attention, the learned attention (against the matched centroid of
+    the nearest cluster) and the imputation loss each change the predictions."""
+    ca = {"adamodal__impute": "cross_attention"}
+    a, b = (_one_modality_predictions(exp, m) for exp, m, _ in
+            (_two_rounds(small_experiment, **ca), _two_rounds(small_experiment, **ca, **switch)))
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_the_imputer_is_not_sent_when_it_does_not_impute(small_experiment):
+    exp, m, _ = _two_rounds(small_experiment)
+    assert not any(k.startswith("imputer.") for k in m.upload_keys(0))
+    _, m2, _ = _two_rounds(small_experiment, adamodal__impute="cross_attention")
+    assert any(k.startswith("imputer.") for k in m2.upload_keys(0))
 
 
 def test_server_clustering_changes_one_modality_predictions(small_experiment):
@@ -109,5 +126,5 @@ def test_without_cross_attention_z_is_the_paired_centroids(small_experiment):
     k = m.knowledge
     np.testing.assert_array_equal(k["Z_img"], k["C_img"])
     np.testing.assert_array_equal(k["Z_txt"], k["C_txt"][k["pi"]])
-    _, m2, _ = _two_rounds(small_experiment)
+    _, m2, _ = _two_rounds(small_experiment, adamodal__impute="cross_attention")
     assert np.abs(m2.knowledge["Z_img"] - m2.knowledge["C_img"]).max() > 1e-3

@@ -90,7 +90,12 @@ class AdaModalFed(Method):
     def upload_keys(self, cid_or_mods: int | tuple[str, ...], roles: tuple[str, ...] = ("global",)) -> set[str]:
         """The parameters a client with these modalities trains and sends (of these roles)."""
         mods = self.clients[cid_or_mods].modalities if isinstance(cid_or_mods, int) else cid_or_mods
-        return {k for k in self.initial_params() if key_role(k) in roles and key_modality(k) in (None, *mods)}
+        return {k for k in self.initial_params() if key_role(k) in roles and key_modality(k) in (None, *mods)
+                and (self.uses_imputer() or not k.startswith("imputer."))}
+
+    def uses_imputer(self) -> bool:
+        """Stage 3's cross-attention imputer is trained, sent and read only when it imputes."""
+        return self.opt["impute"] == "cross_attention" and bool(self.opt["cross_attention"])
 
     # ---- server side --------------------------------------------------------------------
     def init_server(self) -> None:
@@ -197,7 +202,7 @@ class AdaModalFed(Method):
         if "pi" in know:
             k = Knowledge.from_arrays({x: know[x] for x in ("C_img", "C_txt", "pi")}, self.device)
             assert k is not None
-            imputer = self.fresh(self.global_params).imputer if self.opt["cross_attention"] else None
+            imputer = self.fresh(self.global_params).imputer if self.uses_imputer() else None
             know.update(cluster_prototypes(imputer, k.keys))
         return know
 

@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.dp_clip": 10.0,
     # stage 3: cross-attention imputation
     "adamodal.cross_attention": True,
-    "adamodal.impute": "cross_attention",
+    "adamodal.impute": "zero",
     "adamodal.impute_weight": 1.0,
     "adamodal.heads": 4,
     # stage 4: propagation and gating
