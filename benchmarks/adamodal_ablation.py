@@ -32,7 +32,7 @@ from adamodal.suite import digest
 
 VARIANTS = {
     "default": {},
-    "cross-attention imputation off (impute=zero)": {"adamodal.impute": "zero"},
+    "cross-attention imputation (impute=cross_attention)": {"adamodal.impute": "cross_attention"},
     "no kd": {"adamodal.kd": "false"},
     "no gate": {"adamodal.gate": "false"},
     "beta=0": {"adamodal.beta": "0"},
