@@ -44,7 +44,8 @@ DIAGNOSTICS = {"gate_mean": "gate_rows", "impute_cos": "impute_rows", "impute_co
 
 class AdaModalFed(Method):
     name = "adamodal"
-    description = "AdaModal-Fed: shared space, clustered summaries, cross-attention imputation, gating"
+    description = ("AdaModal-Fed: distillation, shared space, clustered summaries, gated propagation; "
+                   "cross-attention imputation with adamodal.impute=cross_attention")
     config_defaults = DEFAULTS
 
     def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
