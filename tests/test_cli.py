@@ -74,3 +74,12 @@ def test_methods_listed():
     assert r.returncode == 0
     for name in ("local", "central", "fedavg", "fedavg_group", "fedprox"):
         assert name in r.stdout
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m adamodal.cli methods | head -1"
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("adamodal") and "Traceback" not in out.stderr

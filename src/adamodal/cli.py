@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"adamodal: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`adamodal methods | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("adamodal: interrupted", file=sys.stderr)
         return 130
