@@ -219,3 +219,13 @@ def test_a_run_folder_from_an_older_version_is_run_again_not_an_error(tmp_path, 
     monkeypatch.setattr("adamodal.engine.simulator.run_experiment", fake_run)
     assert suite.run_method(cfg, tmp_path)["groups"] == {"image_only": 0.7}
     assert calls and calls[0]["resume"] is False
+
+
+def test_a_cached_result_survives_changes_to_other_methods_keys_only():
+    base = suite.suite_config("carmfl", "prototype", 0, rounds=2)
+    drop = suite.other_methods_keys("prototype")
+    assert "adamodal.rank" in drop and "fedavg.modality_dropout" not in drop  # inherited from FedAvg
+    other = suite.suite_config("carmfl", "prototype", 0, {"adamodal.rank": "8"}, rounds=2)
+    own = suite.suite_config("carmfl", "prototype", 0, {"fedavg.modality_dropout": "0.3"}, rounds=2)
+    assert suite.digest(other, drop) == suite.digest(base, drop)
+    assert suite.digest(own, drop) != suite.digest(base, drop)

@@ -60,6 +60,19 @@ def digest(cfg: Mapping[str, Any], drop: Sequence[str] = ()) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def other_methods_keys(method: str) -> list[str]:
+    """The config keys of the other methods, which cannot change this method's result: a
+    cached result stays valid when only they change (a method's keys include those of the
+    classes it derives from, e.g. ``fedavg.modality_dropout`` for ``prototype``)."""
+    from adamodal.methods import get_method_class, method_names
+
+    def declared(name: str) -> set[str]:
+        return {k for cls in get_method_class(name).__mro__ for k in vars(cls).get("config_defaults", {})}
+
+    own = declared(method)
+    return sorted({k for name in method_names() for k in declared(name)} - own)
+
+
 def _cached(path: Path, want: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -94,7 +107,7 @@ def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None 
 
     scenario, method, seed = cfg["scenario"], label or cfg["method"], int(cfg["seed"])
     path = out / "results" / scenario / f"{method}-seed{seed}.json"
-    want = digest(cfg)
+    want = digest(cfg, other_methods_keys(str(cfg["method"])))
     if (hit := _cached(path, want)) is not None:
         return hit
     run_dir = out / "runs" / scenario / method / f"seed{seed}"
