@@ -14,7 +14,9 @@ from pathlib import Path
 
 from adamodal.bench import run_bench
 
-METHODS = ["local", "fedavg", "fedavg_group", "fedprox", "adamodal", "central"]
+# retrieval needs split.public > 0 and runs in benchmarks/missing_modality.py, where every
+# scenario holds the public set out for every method alike
+METHODS = ["local", "fedavg", "fedavg_group", "fedprox", "prototype", "adamodal", "central"]
 
 
 def main() -> None:
