@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import Simulator, prepare
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import predict
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import predict
 from adamodal.metrics import compute_metrics
+from adamodal.runtime.simulator import Simulator, prepare
 from adamodal.suite import digest
 
 VARIANTS = {

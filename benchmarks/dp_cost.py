@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import Simulator, prepare
-from adamodal.engine.validate import update_norm
+from adamodal.runtime.simulator import Simulator, prepare
+from adamodal.runtime.validate import update_norm
 
 VARIANTS = {
     "fedavg": {"method": "fedavg"},

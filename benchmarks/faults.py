@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import Simulator, prepare
+from adamodal.runtime.simulator import Simulator, prepare
 
 CRASH = {2, 7, 11, 17}  # raise in every step
 NAN, HUGE, POISON = 4, 9, 14

@@ -18,7 +18,7 @@ import numpy as np
 
 from adamodal.config import resolve
 from adamodal.data.emoji import VENDORS
-from adamodal.engine.simulator import run_experiment
+from adamodal.runtime.simulator import run_experiment
 
 VARIANTS = {
     "FedAvg": {"method": "fedavg"},

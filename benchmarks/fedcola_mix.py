@@ -24,8 +24,8 @@ import torch
 
 from adamodal.config import resolve
 from adamodal.data.mix import label_ranges
-from adamodal.engine.simulator import Simulator, prepare
-from adamodal.engine.train import predict
+from adamodal.kit.train import predict
+from adamodal.runtime.simulator import Simulator, prepare
 
 VARIANTS = {
     "fedavg": {"fedcola.variant": "fedavg"},

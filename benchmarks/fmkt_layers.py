@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import run_experiment
+from adamodal.runtime.simulator import run_experiment
 
 SETTINGS = (8, 4)
 #: row id -> (label, config overrides); ``local2`` gets as many cross-entropy passes per round

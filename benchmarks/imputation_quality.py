@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from adamodal.config import load_toml, resolve
-from adamodal.engine.simulator import CHECKPOINT, prepare
 from adamodal.errors import AdamodalError
 from adamodal.methods.adamodal import AdaModalFed
 from adamodal.metrics import compute_metrics
+from adamodal.runtime.simulator import CHECKPOINT, prepare
 
 
 def load(run: Path):

@@ -60,7 +60,7 @@ def optimizer_steps(rounds: int) -> tuple[int, int]:
     """Optimizer steps of fedavg (every client, every round, its own mini-batches) and of
     central (the pooled rows) on the emoji default, from the prepared clients."""
     from adamodal.config import resolve
-    from adamodal.engine.simulator import prepare
+    from adamodal.runtime.simulator import prepare
 
     cfg = resolve({}, {"rounds": rounds})
     sizes = [len(c.train) for c in prepare(cfg, progress=False).clients]

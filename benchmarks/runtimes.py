@@ -21,9 +21,9 @@ from pathlib import Path
 
 from adamodal.cache import cache_dir
 from adamodal.config import resolve
-from adamodal.engine.simulator import run_experiment
 from adamodal.flower.localhost import Consortium
 from adamodal.flower.processes import submit
+from adamodal.runtime.simulator import run_experiment
 
 
 def _scenario(n: int) -> dict[str, int]:

@@ -24,12 +24,12 @@ import torch
 
 from adamodal.ceiling import FITTERS, features, pooled_train
 from adamodal.config import resolve
-from adamodal.engine.simulator import prepare
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import predict as predict_rows
-from adamodal.engine.train import train_epochs
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import predict as predict_rows
+from adamodal.kit.train import train_epochs
 from adamodal.methods.adamodal import build_adamodal_net
 from adamodal.metrics import compute_metrics
+from adamodal.runtime.simulator import prepare
 
 GROUP_MODALITY = {"image_only": "image", "text_only": "text"}
 

@@ -21,7 +21,7 @@ def small_experiment():
     """The real emoji data (frozen features, cached) with 5 clients: 3 image+text, 1 image-only,
     1 text-only. Tests swap the method with :func:`with_config`."""
     from adamodal.config import resolve
-    from adamodal.engine.simulator import prepare
+    from adamodal.runtime.simulator import prepare
 
     return prepare(resolve({}, SMALL), progress=False)
 
@@ -31,7 +31,7 @@ def public_experiment():
     """The same 5 clients' scenario with a public paired set on the server (``split.public=0.1``;
     the clients hold a little less), for methods that need one (``Method.needs_public``)."""
     from adamodal.config import resolve
-    from adamodal.engine.simulator import prepare
+    from adamodal.runtime.simulator import prepare
 
     return prepare(resolve({}, {**SMALL, "split.public": 0.1}), progress=False)
 
@@ -43,8 +43,8 @@ def experiment_for(small_experiment, request):
     public set when the method needs one, so tests that run every method (``method_names()``)
     cover methods added later whatever their towers."""
     from adamodal.config import resolve
-    from adamodal.engine.simulator import prepare
     from adamodal.methods import get_method_class
+    from adamodal.runtime.simulator import prepare
 
     raw: list = []
 
@@ -66,7 +66,7 @@ def with_config(exp, **overrides):
     """The same prepared data with other (non-data) config values, e.g. another method or
     another model size (the model spec follows the config)."""
     from adamodal.config import resolve
-    from adamodal.engine.simulator import model_spec
+    from adamodal.runtime.simulator import model_spec
 
     values = {**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}}
     cfg = resolve({}, values)

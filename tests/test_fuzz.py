@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import adamodal.engine.simulator as sim_mod
+import adamodal.runtime.simulator as sim_mod
 from adamodal.cli import main
 from adamodal.config import all_defaults
 from adamodal.errors import AdamodalError, DataError

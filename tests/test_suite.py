@@ -92,7 +92,7 @@ def test_heatmap(tmp_path: Path, only_fedavg: bool) -> None:
 def stubs(monkeypatch):
     """Count runs and ceilings instead of training; every run "scores" 0.8 per group."""
     import adamodal.ceiling
-    import adamodal.engine.simulator as sim
+    import adamodal.runtime.simulator as sim
 
     calls = {"run": [], "ceiling": []}
 
@@ -216,7 +216,7 @@ def test_a_run_folder_from_an_older_version_is_run_again_not_an_error(tmp_path, 
         return {"rounds": 2, "groups_server_test": {"image_only": {"macro_auc": 0.7}}, "bytes_up_per_round": 1,
                 "wall_s": 1.0, "clients": {}}
 
-    monkeypatch.setattr("adamodal.engine.simulator.run_experiment", fake_run)
+    monkeypatch.setattr("adamodal.runtime.simulator.run_experiment", fake_run)
     assert suite.run_method(cfg, tmp_path)["groups"] == {"image_only": 0.7}
     assert calls and calls[0]["resume"] is False
 

@@ -19,7 +19,6 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
     """Every variant (a label and its config overrides: a method, an ablation flag, a K) x seed
     on the same scenario; tables in ``out/results.md``, bars in ``out/comparison.png``."""
     from adamodal.config import resolve
-    from adamodal.engine.simulator import run_experiment
     from adamodal.report import (
         CAPTION,
         comparison_rows,
@@ -28,6 +27,7 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
         plot_history,
         print_table,
     )
+    from adamodal.runtime.simulator import run_experiment
 
     runs: dict[str, list[dict[str, Any]]] = {}
     for label, overrides in variants.items():

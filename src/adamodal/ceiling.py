@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
 from adamodal.errors import AdamodalError
+from adamodal.kit.tensors import Tensors
 from adamodal.metrics import compute_metrics
 
 if TYPE_CHECKING:
-    from adamodal.engine.simulator import Experiment
+    from adamodal.runtime.simulator import Experiment
 
 #: what each group's ceiling model reads
 GROUP_MODALITIES: dict[str, tuple[str, ...]] = {

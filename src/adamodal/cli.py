@@ -36,8 +36,8 @@ def _resolve(args: argparse.Namespace, extra: dict[str, Any] | None = None):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from adamodal.config import load_toml, resolve
-    from adamodal.engine.simulator import run_experiment
     from adamodal.report import plot_history, print_table, run_rows
+    from adamodal.runtime.simulator import run_experiment
 
     if args.resume:
         out = Path(args.resume)

@@ -66,7 +66,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     "eval.share_predictions": True,
     "threads": 1,
     "batch_clients": 0,
-    # reliability: what the server accepts from clients (engine/validate.py)
+    # reliability: what the server accepts from clients (runtime/validate.py)
     "min_clients": 1,
     "client_timeout": 0.0,
     "max_update_norm": 1e4,
@@ -310,7 +310,7 @@ def resolve(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str
             lo_s = "[" if lo_inc else "("
             hi_s = "]" if hi_inc else ")"
             raise ConfigError(f"{key}: {v} is outside {lo_s}{lo}, {hi}{hi_s}")
-    from adamodal.methods.base import parse_aggregation
+    from adamodal.kit.aggregation import parse_aggregation
 
     try:
         parse_aggregation(values["aggregation"])

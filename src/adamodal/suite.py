@@ -103,7 +103,7 @@ def _same_config(path: Path, cfg: Config) -> bool:
 def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None = None) -> dict[str, Any]:
     """One (scenario, method, seed): from the cache, else resumed or run with the in-process
     simulator; what the tables need, as a JSON record. ``label`` names a variant."""
-    from adamodal.engine.simulator import CHECKPOINT, run_experiment
+    from adamodal.runtime.simulator import CHECKPOINT, run_experiment
 
     scenario, method, seed = cfg["scenario"], label or cfg["method"], int(cfg["seed"])
     path = out / "results" / scenario / f"{method}-seed{seed}.json"
@@ -130,7 +130,7 @@ def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None 
 def run_ceiling(cfg: Config, out: Path, *, quiet: bool = True) -> dict[str, Any]:
     """The pooled ceiling of every client group of one (scenario, seed), cached likewise."""
     from adamodal.ceiling import VERSION, ceilings
-    from adamodal.engine.simulator import prepare
+    from adamodal.runtime.simulator import prepare
 
     scenario, seed = cfg["scenario"], int(cfg["seed"])
     path = out / "results" / scenario / f"ceiling-seed{seed}.json"

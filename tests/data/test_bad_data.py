@@ -97,7 +97,7 @@ def test_empty_client() -> None:
 
 def test_empty_training_split_names_the_client(small_experiment, monkeypatch) -> None:
     """A client left with validation/test rows only: prepare() names it (exit code 1)."""
-    import adamodal.engine.simulator as sim_mod
+    import adamodal.runtime.simulator as sim_mod
     from adamodal.config import resolve
     from tests.conftest import SMALL
 

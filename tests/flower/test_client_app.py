@@ -15,13 +15,13 @@ from flwr.app import Message as FlowerMessage
 from flwr.supercore.task_identity import TaskIdentity
 
 from adamodal.config import resolve
-from adamodal.engine.clients import InProcessClients
-from adamodal.engine.simulator import prepare
 from adamodal.flower import client_app
 from adamodal.flower.app import CONFIG_KEY
 from adamodal.flower.records import from_records, to_records
 from adamodal.methods import get_method_class
 from adamodal.methods.base import Message
+from adamodal.runtime.clients import InProcessClients
+from adamodal.runtime.simulator import prepare
 
 TINY = {"clients.multimodal": 1, "clients.image_only": 1, "clients.text_only": 1, "data.max_items": 300,
         "rounds": 2, "partition": "iid", "local_epochs": 1, "device": "cpu", "method": "local"}

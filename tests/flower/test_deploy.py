@@ -22,10 +22,10 @@ import pytest
 from adamodal.cache import cache_dir
 from adamodal.cli import main
 from adamodal.config import resolve
-from adamodal.engine.simulator import CHECKPOINT, Simulator, prepare
 from adamodal.flower.certs import make_certificates
 from adamodal.flower.localhost import Consortium
 from adamodal.flower.processes import submit
+from adamodal.runtime.simulator import CHECKPOINT, Simulator, prepare
 
 pytestmark = pytest.mark.slow
 

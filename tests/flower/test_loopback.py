@@ -9,10 +9,10 @@ import json
 import pytest
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import CHECKPOINT, Simulator, prepare
 from adamodal.flower.app import app_pyproject
 from adamodal.flower.clients import TooFewClients
 from adamodal.flower.server_app import ERROR_FILE, run_server
+from adamodal.runtime.simulator import CHECKPOINT, Simulator, prepare
 from tests.flower.loopback import LoopbackGrid
 
 TINY = {"clients.multimodal": 1, "clients.image_only": 1, "clients.text_only": 1, "data.max_items": 300,

@@ -11,7 +11,6 @@ from flwr.app import ConfigRecord, Error, RecordDict
 from flwr.app import Message as FlowerMessage
 
 from adamodal.cli import main
-from adamodal.engine.clients import ClientEval, ClientFailure
 from adamodal.errors import AdamodalError, ConfigError
 from adamodal.flower.clients import FlowerClients, TooFewClients
 from adamodal.flower.processes import check_security, superlink_command, supernode_command
@@ -24,6 +23,7 @@ from adamodal.flower.records import (
     to_records,
 )
 from adamodal.methods.base import ClientInfo, Message
+from adamodal.runtime.clients import ClientEval, ClientFailure
 
 
 def _message() -> Message:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import Simulator
 from adamodal.errors import ConfigError
 from adamodal.methods.base import aggregate_arrays, parse_aggregation
+from adamodal.runtime.simulator import Simulator
 from tests.conftest import SMALL, with_config
 
 

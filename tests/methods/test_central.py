@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adamodal.engine.simulator import Simulator
+from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adamodal.engine.train import predict
+from adamodal.kit.train import predict
 from adamodal.methods.base import Message, load_arrays
 from adamodal.methods.fedavg import FedAvg
 from adamodal.metrics import compute_metrics
@@ -78,7 +78,7 @@ def _ctx(m, c, seed: int = 0):
 def test_modality_dropout_changes_what_a_multimodal_client_learns(small_experiment):
     """The stage is live: the same client, seed and start give another model with p > 0, and
     an image-only client (no pair to drop from) trains exactly as without it."""
-    from adamodal.engine.clients import client_step
+    from adamodal.runtime.clients import client_step
 
     replies = {}
     for p in (0.0, 0.5):
@@ -94,7 +94,7 @@ def test_modality_dropout_changes_what_a_multimodal_client_learns(small_experime
 
 def test_modality_dropout_never_touches_evaluation(small_experiment, monkeypatch):
     import adamodal.methods.fedavg as fedavg_module
-    from adamodal.engine.clients import evaluate_client
+    from adamodal.runtime.clients import evaluate_client
 
     calls = []
     real = fedavg_module.modality_dropout
@@ -120,7 +120,7 @@ def test_modality_dropout_never_touches_evaluation(small_experiment, monkeypatch
 
 def test_modality_dropout_batched_matches_sequential(small_experiment):
     """``batch_clients``: each client draws its dropout from its own stream, as sequentially."""
-    from adamodal.engine.train import predict
+    from adamodal.kit.train import predict
 
     exp, m = _dropout_method(small_experiment, 0.5, model__dropout=0.0)
     clients = [c for c in exp.clients if c.group == "multimodal"][:2]

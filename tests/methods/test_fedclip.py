@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from adamodal.engine.simulator import Simulator
 from adamodal.errors import ConfigError
 from adamodal.methods.base import ClientContext, Message
 from adamodal.methods.fedclip import AttAI, FedCLIP, contrastive_loss
+from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
 

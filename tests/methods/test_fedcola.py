@@ -35,7 +35,7 @@ TINY = {
 def mix_experiment():
     """The real mix data, tiny: one image-only (Fashion-MNIST), one text-only (Reuters-8)
     and one multimodal (emoji) client."""
-    from adamodal.engine.simulator import prepare
+    from adamodal.runtime.simulator import prepare
 
     return prepare(resolve({}, TINY), progress=False)
 
@@ -197,7 +197,7 @@ def test_needs_small_towers(mix_experiment):
 
 @pytest.mark.slow
 def test_two_round_run_learns_above_chance(mix_experiment, tmp_path):
-    from adamodal.engine.simulator import Simulator
+    from adamodal.runtime.simulator import Simulator
 
     summary = Simulator(mix_experiment, tmp_path, progress=False).run()
     groups = summary["groups_server_test"]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import Simulator, prepare
 from adamodal.errors import ConfigError
 from adamodal.methods.base import ClientContext, Message, state_arrays
 from adamodal.methods.fmkt import FMKT, feature_loss, neighbours, parse_layers, split_peers, tap
+from adamodal.runtime.simulator import Simulator, prepare
 
 FMNIST = {
     "dataset": "fmnist", "towers": "small", "model": "cnn", "method": "fmkt",

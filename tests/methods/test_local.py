@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from adamodal.engine.simulator import Simulator
+from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
 

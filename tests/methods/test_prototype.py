@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.test_privacy import per_sample_leaks
 
 from adamodal.config import resolve
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import predict
-from adamodal.engine.validate import Limits, validate_replies
 from adamodal.errors import ConfigError
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import predict
 from adamodal.methods.base import ClientContext, ClientInfo, Message
 from adamodal.methods.prototype import Prototype, PrototypeNet, class_statistics, label_fill
 from adamodal.model import ModelSpec, build_model
+from adamodal.runtime.validate import Limits, validate_replies
 from tests.conftest import with_config
-from tests.test_privacy import per_sample_leaks
 
 SPEC = ModelSpec(task="multiclass", num_classes=3, modalities=("image", "text"), input_kind="features",
                  img_dim=5, txt_dim=4, img_shape=(5,), dim=8)
@@ -143,7 +143,7 @@ def test_prediction_mixes_prototypes_by_the_present_modality_posterior():
 
 def _trained(exp, impute: bool, **extra):
     exp = with_config(exp, method="prototype", prototype__impute=impute, rounds=1, local_epochs=1, **extra)
-    from adamodal.engine.simulator import Simulator
+    from adamodal.runtime.simulator import Simulator
 
     sim = Simulator(exp, "/nonexistent", progress=False)
     sim.method.init_server()

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import Simulator
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import predict
 from adamodal.errors import ConfigError
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import predict
 from adamodal.methods._fill import label_agreement, nearest
 from adamodal.methods.base import ClientInfo
 from adamodal.methods.retrieval import Public, Retrieval, RetrievalNet
 from adamodal.model import ModelSpec, build_model
+from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
 SPEC = ModelSpec(task="multiclass", num_classes=4, modalities=("image", "text"), input_kind="features",

@@ -33,13 +33,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.app import Message as FlowerMessage
 from flwr.clientapp import ClientApp
 
-from adamodal.engine.clients import ClientData, client_step, derive_seed, evaluate_client
-from adamodal.engine.tensors import Tensors
 from adamodal.errors import AdamodalError
 from adamodal.flower.app import CONFIG_KEY
 from adamodal.flower.records import control_of, eval_to_records, from_records, to_records
+from adamodal.kit.tensors import Tensors
 from adamodal.methods.base import ClientContext, ClientInfo, Method
 from adamodal.model import ModelSpec
+from adamodal.runtime.clients import ClientData, client_step, derive_seed, evaluate_client
 
 STATE_KEY = "adamodal.state"
 
@@ -106,7 +106,7 @@ def load_client(config_text: str, cid: int, data_path: str, cache_file: Path | N
 
 
 def _prepare(cfg: Any, cid: int) -> tuple:
-    from adamodal.engine.simulator import prepare
+    from adamodal.runtime.simulator import prepare
 
     exp = prepare(cfg, progress=False)
     by_cid = {c.cid: c for c in exp.clients}

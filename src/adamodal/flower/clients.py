@@ -3,7 +3,7 @@
 Each phase is one push of messages and a pull of their replies (``send_and_receive``). A
 SuperNode that answers with an error, does not answer within ``timeout`` seconds, or is
 offline becomes a
-:class:`~adamodal.engine.clients.ClientFailure` (the server loop records it in ``dropped``);
+:class:`~adamodal.runtime.clients.ClientFailure` (the server loop records it in ``dropped``);
 when fewer than ``min_clients`` replies arrive the run stops with :class:`TooFewClients`,
 leaving the previous round's checkpoint to resume from.
 
@@ -26,10 +26,10 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.app import Message as FlowerMessage
 from flwr.serverapp import Grid
 
-from adamodal.engine.clients import ClientEval, ClientFailure, Clients
 from adamodal.errors import AdamodalError
 from adamodal.flower.records import eval_from_records, from_records, records_nbytes, to_records
 from adamodal.methods.base import ClientInfo, Message
+from adamodal.runtime.clients import ClientEval, ClientFailure, Clients
 
 
 class TooFewClients(AdamodalError):

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from adamodal.engine.clients import ClientEval
 from adamodal.errors import AdamodalError
 from adamodal.methods.base import Message
+from adamodal.runtime.clients import ClientEval
 
 ARRAYS = "arrays"
 SCALARS = "scalars"

@@ -2,7 +2,7 @@
 
 ``@app.main()`` prepares the experiment from the run's config exactly as ``adamodal run``
 does, learns which SuperNode plays which client, and runs
-:class:`~adamodal.engine.simulator.Simulator` with a
+:class:`~adamodal.runtime.simulator.Simulator` with a
 :class:`~adamodal.flower.clients.FlowerClients`: sampling, phases, aggregation, evaluation,
 checkpoints, ``metrics.jsonl`` and ``summary.json`` are the same code as in process.
 
@@ -39,7 +39,7 @@ def _say(text: str) -> None:
 def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     """Run one experiment on ``grid``; returns the summary (also written to ``out-dir``)."""
     from adamodal.config import resolve
-    from adamodal.engine.simulator import Simulator, check_out_dir, prepare
+    from adamodal.runtime.simulator import Simulator, check_out_dir, prepare
 
     cfg = resolve(tomllib.loads(str(run_config[CONFIG_KEY])))
     out = Path(str(run_config["out-dir"]))

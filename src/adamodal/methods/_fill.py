@@ -3,7 +3,7 @@
 
 A filled modality is an input like any other: its features go where the real ones would and
 its mask is set, so the gated fusion reads it. Training fills through a batch transform
-(:data:`~adamodal.engine.train.BatchTransform`, which may use the row's label); prediction
+(:data:`~adamodal.kit.train.BatchTransform`, which may use the row's label); prediction
 fills inside the model (:class:`FillingNet`), where the label is unknown.
 """
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
+from adamodal.kit.tensors import Tensors
 
 #: (the modality to fill, the modality it is filled from)
 DIRECTIONS = (("image", "text"), ("text", "image"))

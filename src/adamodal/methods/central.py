@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import train_epochs
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import train_epochs
 from adamodal.methods.base import (
     ClientContext,
     ClientInfo,

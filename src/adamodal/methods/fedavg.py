@@ -11,7 +11,7 @@ p, so the shared fusion and classifier learn to predict from either alone: the c
 baseline of the missing-modality literature; evaluation never drops anything),
 ``aggregation=median|trimmed:beta`` (robust
 rules, :func:`~adamodal.methods.base.aggregate_arrays`) and client-level differential privacy
-(``dp.noise > 0``; see :mod:`adamodal.privacy`): the client clips its update and, in
+(``dp.noise > 0``; see :mod:`adamodal.kit.privacy`): the client clips its update and, in
 ``dp.mode=client``, noises it before it leaves; the server then averages with equal weights
 (sample counts would leak, and would break the sensitivity bound) and, in ``dp.mode=server``,
 adds the noise to the mean.
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from adamodal.engine import batched
-from adamodal.engine.train import BatchTransform, ExtraLoss, modality_dropout, stream, train_epochs
 from adamodal.errors import ConfigError
+from adamodal.kit import batched
+from adamodal.kit.privacy import add_noise, clip_update, dp_report
+from adamodal.kit.train import BatchTransform, ExtraLoss, modality_dropout, stream, train_epochs
 from adamodal.methods.base import (
     ArraySpec,
     ClientContext,
@@ -38,7 +39,6 @@ from adamodal.methods.base import (
     load_arrays,
     state_arrays,
 )
-from adamodal.privacy import add_noise, clip_update, dp_report
 
 
 class FedAvg(Method):

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adamodal.cache import cache_dir
-from adamodal.engine.train import make_optimizer, minibatch_epochs
 from adamodal.errors import ConfigError
+from adamodal.kit.train import make_optimizer, minibatch_epochs
 from adamodal.methods.base import (
     ClientContext,
     ClientInfo,

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from adamodal.engine.train import make_optimizer, minibatch_epochs, task_loss
 from adamodal.errors import ConfigError
+from adamodal.kit.train import make_optimizer, minibatch_epochs, task_loss
 from adamodal.methods.base import (
     ClientContext,
     ClientInfo,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adamodal.engine.train import ExtraLoss
+from adamodal.kit.train import ExtraLoss
 from adamodal.methods.base import Message
 from adamodal.methods.fedavg import FedAvg
 

@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import forward, make_optimizer, minibatch_epochs, train_epochs
 from adamodal.errors import ConfigError
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import forward, make_optimizer, minibatch_epochs, train_epochs
 from adamodal.methods.base import (
     ClientContext,
     ClientInfo,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from adamodal.engine.train import train_epochs
+from adamodal.kit.train import train_epochs
 from adamodal.methods.base import ClientContext, Message, Method, load_arrays, state_arrays
 
 

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import BatchTransform, compose
 from adamodal.errors import ConfigError
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import BatchTransform, compose
 from adamodal.methods._fill import DIRECTIONS, FillingNet, features, put, to_fill, unit
 from adamodal.methods.base import ArraySpec, ClientContext, Message, load_arrays
 from adamodal.methods.fedavg import FedAvg

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import BatchTransform, compose
 from adamodal.errors import ConfigError
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import BatchTransform, compose
 from adamodal.methods._fill import FillingNet, fill_from_pairs
 from adamodal.methods.base import ClientContext, Message, aggregate_arrays, load_arrays
 from adamodal.methods.fedavg import FedAvg

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from adamodal.engine.tensors import Tensors
 from adamodal.errors import ConfigError
+from adamodal.kit.tensors import Tensors
 from adamodal.methods.adamodal import AdaModalFed, contribution_weights, key_role
 from adamodal.methods.adamodal.messages import is_summary
 from adamodal.methods.base import ClientContext, Message
@@ -177,7 +177,7 @@ def test_server_state_round_trip(small_experiment):
     m2.load_server_state(state)
     for a, b in ((m.global_params, m2.global_params), (m.knowledge, m2.knowledge)):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    from adamodal.engine.train import predict
+    from adamodal.kit.train import predict
 
     data = exp.test["image"]  # image only: the text is imputed from the restored knowledge
     a = predict(m.global_model(), data, exp.spec.task)
@@ -187,7 +187,7 @@ def test_server_state_round_trip(small_experiment):
 
 def test_three_rounds_end_to_end_on_emoji(tmp_path):
     from adamodal.config import resolve
-    from adamodal.engine.simulator import run_experiment
+    from adamodal.runtime.simulator import run_experiment
 
     cfg = resolve({}, {"method": "adamodal", "rounds": 3, "clients.multimodal": 4, "clients.image_only": 1,
                        "clients.text_only": 1, "seed": 0, "device": "cpu", "adamodal.impute": "cross_attention"})

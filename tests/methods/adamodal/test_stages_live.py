@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from adamodal.engine.train import predict
+from adamodal.kit.train import predict
 from adamodal.methods.adamodal.messages import pack
 from adamodal.methods.adamodal.summarize import summarize_rows
 from tests.methods.adamodal.test_method import _ctx, _method, _round

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import dropout_rows, make_optimizer, minibatch_epochs, task_loss
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import dropout_rows, make_optimizer, minibatch_epochs, task_loss
 from adamodal.methods.adamodal.gating import propagation_loss
 from adamodal.methods.adamodal.imputation import imputation_loss
 from adamodal.methods.adamodal.net import AdaModalNet, Forward

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adamodal.engine.train import scores_from_logits, task_loss
+from adamodal.kit.privacy import dp_report
+from adamodal.kit.train import scores_from_logits, task_loss
 from adamodal.methods.adamodal import distill, messages
 from adamodal.methods.adamodal.imputation import cluster_prototypes, imputation_quality
 from adamodal.methods.adamodal.local import LocalTerms, train_local
@@ -34,7 +35,6 @@ from adamodal.methods.base import (
 )
 from adamodal.metrics import compute_metrics
 from adamodal.model import ModelSpec
-from adamodal.privacy import dp_report
 
 #: client scalars the server averages into the round's metrics, weighted by the rows they cover;
 #: ``val_auc`` (the clients' validation macro-AUC) is what defaults are chosen on, never the test views

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from adamodal.clustering import clip_and_noise, hungarian_match, server_clusters, weighted_kmeans
+from adamodal.kit.clustering import (
+    clip_and_noise,
+    hungarian_match,
+    server_clusters,
+    weighted_kmeans,
+)
 
 SUFFIX = {"image": "img", "text": "txt"}
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from adamodal.engine.simulator import CHECKPOINT, Simulator, check_out_dir
 from adamodal.errors import AdamodalError
+from adamodal.runtime.simulator import CHECKPOINT, Simulator, check_out_dir
 from tests.conftest import with_config
 
 SCHEMA_TOP = {"method", "dataset", "rounds", "seed", "wall_s", "bytes_up", "bytes_down", "groups", "test", "history"}
@@ -105,7 +105,7 @@ def test_server_model_is_scored_before_client_models_reuse_the_instance(small_ex
     client weights must not change the server-test numbers."""
     import numpy as np
 
-    from adamodal.engine.train import predict
+    from adamodal.kit.train import predict
     from adamodal.methods.base import load_arrays
     from adamodal.metrics import compute_metrics
 

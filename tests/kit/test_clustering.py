@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from adamodal.clustering import (
+from adamodal.kit.clustering import (
     clip_and_noise,
     cosine_cost,
     hungarian_match,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from adamodal.engine import batched
-from adamodal.engine.simulator import Simulator
-from adamodal.engine.train import predict, train_epochs
+from adamodal.kit import batched
+from adamodal.kit.train import predict, train_epochs
 from adamodal.methods.base import load_arrays, state_arrays
 from adamodal.model import build_model
+from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
 

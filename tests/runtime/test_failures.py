@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from adamodal.engine.clients import ClientFailure, InProcessClients
-from adamodal.engine.simulator import CHECKPOINT, Simulator
 from adamodal.errors import AdamodalError
 from adamodal.methods import method_names
+from adamodal.runtime.clients import ClientFailure, InProcessClients
+from adamodal.runtime.simulator import CHECKPOINT, Simulator
 from tests.conftest import with_config
 
 

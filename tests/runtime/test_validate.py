@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adamodal.engine.simulator import Simulator
-from adamodal.engine.validate import Limits, update_norm, validate_replies
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ArraySpec, Message
+from adamodal.runtime.simulator import Simulator
+from adamodal.runtime.validate import Limits, update_norm, validate_replies
 from tests.conftest import with_config
 
 LIMITS = Limits(max_update_norm=1e4, max_payload_mb=1024)

@@ -16,11 +16,11 @@ import math
 import numpy as np
 import pytest
 
-from adamodal.engine.clients import ClientFailure
-from adamodal.engine.simulator import Simulator
+from adamodal.kit.privacy import add_noise, clip_update, gaussian_epsilon
 from adamodal.methods import method_names
 from adamodal.methods.base import Message
-from adamodal.privacy import add_noise, clip_update, gaussian_epsilon
+from adamodal.runtime.clients import ClientFailure
+from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
 

@@ -1,6 +1,6 @@
 """The client side of a run, behind the one interface the server loop drives.
 
-The server loop (:class:`~adamodal.engine.simulator.Simulator`) never calls a method's client
+The server loop (:class:`~adamodal.runtime.simulator.Simulator`) never calls a method's client
 code itself: it hands a :class:`Clients` the messages of one phase and gets replies back. The
 in-process implementation below runs the clients one after another in this process; the Flower
 runtime implements the same interface with ``grid.send_and_receive``, and its ClientApp calls
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import predict
-from adamodal.engine.validate import check_incoming
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import predict
 from adamodal.methods.base import ClientContext, Message, Method
 from adamodal.metrics import compute_metrics
+from adamodal.runtime.validate import check_incoming
 
 
 def derive_seed(*parts: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adamodal.config import resolve
-from adamodal.engine.simulator import run_experiment
+from adamodal.runtime.simulator import run_experiment
 
 
 def test_fmnist_cnn_learns(tmp_path):

@@ -1,7 +1,7 @@
 """The server loop of a run, and the in-process simulator built on it.
 
 By default the clients run in this process one after another with one model in memory
-(:class:`~adamodal.engine.clients.InProcessClients`). The loop drives any
+(:class:`~adamodal.runtime.clients.InProcessClients`). The loop drives any
 :class:`~adamodal.methods.base.Method` through the same phase protocol the Flower runtime
 uses, counts the bytes of every message, evaluates every client (pooled per
 modality group) and the server's test set, and checkpoints after every round so a killed run
@@ -28,7 +28,14 @@ from adamodal.data import get_source
 from adamodal.data.base import Bundle
 from adamodal.data.scenario import GROUPS, Scenario, build_scenario
 from adamodal.devices import resolve_device
-from adamodal.engine.clients import (
+from adamodal.errors import AdamodalError, DataError
+from adamodal.kit.tensors import Tensors, materialize
+from adamodal.kit.train import predict
+from adamodal.methods import get_method_class
+from adamodal.methods.base import ClientInfo, Message, Method
+from adamodal.metrics import METRICS, clean, compute_metrics
+from adamodal.model import ModelSpec
+from adamodal.runtime.clients import (
     ClientData,
     ClientEval,
     ClientFailure,
@@ -36,14 +43,7 @@ from adamodal.engine.clients import (
     InProcessClients,
     derive_seed,
 )
-from adamodal.engine.tensors import Tensors, materialize
-from adamodal.engine.train import predict
-from adamodal.engine.validate import Limits, validate_replies
-from adamodal.errors import AdamodalError, DataError
-from adamodal.methods import get_method_class
-from adamodal.methods.base import ClientInfo, Message, Method
-from adamodal.metrics import METRICS, clean, compute_metrics
-from adamodal.model import ModelSpec
+from adamodal.runtime.validate import Limits, validate_replies
 from adamodal.towers.features import Inputs, build_inputs
 
 CHECKPOINT = "checkpoint.pt"
@@ -129,8 +129,8 @@ class RunState:
 class Simulator:
     """The server loop: sampling, phases, byte accounting, evaluation, checkpoints, summary.
 
-    Where the clients run is a :class:`~adamodal.engine.clients.Clients`; by default they run
-    in this process (:class:`~adamodal.engine.clients.InProcessClients`), the Flower runtime
+    Where the clients run is a :class:`~adamodal.runtime.clients.Clients`; by default they run
+    in this process (:class:`~adamodal.runtime.clients.InProcessClients`), the Flower runtime
     passes one that talks to SuperNodes.
     """
 

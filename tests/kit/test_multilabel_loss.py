@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adamodal.engine.train import task_loss
+from adamodal.kit.train import task_loss
 
 
 def test_nan_targets_are_masked() -> None:

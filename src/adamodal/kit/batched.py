@@ -5,7 +5,7 @@ most of its time in per-operation overhead, not arithmetic. This module stacks t
 parameters along a leading axis and runs every client's mini-batch step at once with
 ``torch.func.functional_call`` under ``torch.vmap``, so one operator call serves all clients.
 
-It reproduces the sequential path (:func:`adamodal.engine.train.train_epochs`) step for step:
+It reproduces the sequential path (:func:`adamodal.kit.train.train_epochs`) step for step:
 - each client draws its batch order from its own generator, exactly as sequentially;
 - clients with fewer rows run out of batches earlier: their later steps are masked out
   (parameters and optimizer state untouched), and padded rows carry zero loss weight;
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import BatchTransform
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import BatchTransform
 
 #: params[name] -> anchors[name] -> extra loss of one client (e.g. FedProx's proximal term)
 ParamPenalty = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]

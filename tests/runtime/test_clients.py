@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from adamodal.engine.clients import PredictionMemo, evaluate_client, model_fingerprint
-from adamodal.engine.simulator import Simulator
 from adamodal.methods import get_method_class, method_names
+from adamodal.runtime.clients import PredictionMemo, evaluate_client, model_fingerprint
+from adamodal.runtime.simulator import Simulator
 
 
 class Flagged(nn.Module):

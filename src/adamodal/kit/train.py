@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamodal.engine.tensors import Tensors
+from adamodal.kit.tensors import Tensors
 
 ExtraLoss = Callable[[nn.Module, Tensors, torch.Tensor], torch.Tensor]
 #: what a method does to each training mini-batch before the forward pass (modality dropout,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from adamodal.engine.tensors import Tensors
-from adamodal.engine.train import compose, hide, modality_dropout, stream
+from adamodal.kit.tensors import Tensors
+from adamodal.kit.train import compose, hide, modality_dropout, stream
 
 
 def _batch(n_pairs: int = 20_000, n_img: int = 500, n_txt: int = 500) -> Tensors:

@@ -1,1 +1,0 @@
-"""The in-process simulator and the training helpers every method shares."""
