@@ -38,6 +38,16 @@ VARIANTS = {
     "beta=0": {"adamodal.beta": "0"},
     "no modality dropout": {"adamodal.modality_dropout": "0"},
     "low-rank projections (rank=32)": {"adamodal.rank": "32", "adamodal.adapter_rank": "32"},
+    "float16 uploads": {"adamodal.upload_precision": "float16"},
+    "int8 delta uploads": {"adamodal.upload_precision": "int8"},
+    "round-1 train phase": {"adamodal.round1_train": "true"},
+    "no InfoNCE": {"adamodal.infonce_weight": "0"},
+    "label-aware pairing + cross-attention imputation": {"adamodal.impute": "cross_attention",
+                                                        "adamodal.match_labels": "1"},
+    "label-aware pairing + matched-centroid imputation": {"adamodal.impute": "cross_attention",
+                                                         "adamodal.cross_attention": "false",
+                                                         "adamodal.match_labels": "1"},
+    "matched-centroid imputation": {"adamodal.impute": "cross_attention", "adamodal.cross_attention": "false"},
 }
 GROUPS = ("multimodal", "image_only", "text_only")
 

@@ -134,15 +134,20 @@ def cosine_cost(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - an @ bn.T
 
 
-def hungarian_match(c_img: np.ndarray, c_txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal one-to-one pairing of image and text centroids (min total ``1 - cosine``).
+def hungarian_match(c_img: np.ndarray, c_txt: np.ndarray,
+                    extra_cost: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal one-to-one pairing of image and text centroids (min total ``1 - cosine``, plus
+    ``extra_cost[i, j]`` when given, e.g. how much the pair's label histograms disagree).
 
     Returns (image rows, text rows) of the ``min(len(c_img), len(c_txt))`` pairs, ordered by
     image row: pair ``j`` is image centroid ``rows_img[j]`` with text centroid ``rows_txt[j]``.
     """
     from scipy.optimize import linear_sum_assignment  # server side only; slow to import
 
-    rows, cols = linear_sum_assignment(cosine_cost(c_img, c_txt))
+    cost = cosine_cost(c_img, c_txt)
+    if extra_cost is not None:
+        cost = cost + extra_cost
+    rows, cols = linear_sum_assignment(cost)
     order = np.argsort(rows)
     return rows[order].astype(np.int64), cols[order].astype(np.int64)
 

@@ -61,11 +61,13 @@ def test_kd_threshold_must_be_a_quantile(small_experiment):
 
 def test_phases():
     m = object.__new__(AdaModalFed)
-    m.opt = {"kd": True}
-    assert m.phases(1) == ["warmup", "teach", "kd", "summarize", "train", "summarize"]
+    m.opt = {"kd": True, "round1_train": False}
+    assert m.phases(1) == ["warmup", "teach", "kd", "summarize"]
     assert m.phases(2) == ["train", "summarize"]
-    m.opt = {"kd": False}
-    assert m.phases(1) == ["warmup", "summarize", "train", "summarize"]
+    m.opt = {"kd": False, "round1_train": False}
+    assert m.phases(1) == ["warmup", "summarize"]
+    m.opt = {"kd": True, "round1_train": True}
+    assert m.phases(1) == ["warmup", "teach", "kd", "summarize", "train", "summarize"]
 
 
 def _raw_rows(exp, cid):
@@ -197,12 +199,14 @@ def test_three_rounds_end_to_end_on_emoji(tmp_path):
         for group, metrics in summary[key].items():
             assert metrics["macro_auc"] > 0.8, (key, group, metrics)
     assert summary["bytes_up"] > 0
-    # every round's diagnostics: gate values, imputation quality against a shuffled pairing,
-    # and how often a matched centroid pair's classes agree
+    # every round's diagnostics: how often a matched centroid pair's classes agree and, from
+    # round 2 (the first that trains on a global model), gate values and imputation quality
+    # against a shuffled pairing
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     server = [x for x in lines if x["client"] == "server"]
     assert [x["round"] for x in server] == [1, 2, 3]
-    for x in server:
+    assert 0 <= server[0]["method"]["class_agreement"] <= 1
+    for x in server[1:]:
         d = x["method"]
         assert 0 < d["gate_mean"] < 1 and 0 <= d["class_agreement"] <= 1
         assert -1 <= d["impute_cos_shuffled"] <= 1 and -1 <= d["impute_cos"] <= 1
@@ -234,20 +238,26 @@ def test_each_projection_is_averaged_over_the_clients_that_hold_its_modality(sma
                                rtol=1e-5, atol=1e-6)
 
 
-def test_float16_uploads_halve_the_bytes_and_keep_the_average(small_experiment):
-    """``upload_precision=float16``: every float parameter goes up in half precision (half
-    the bytes), the server keeps float32 and its average moves by rounding only."""
+@pytest.mark.parametrize(("precision", "dtypes", "share"), [("float16", {"float16"}, 0.52),
+                                                           ("int8", {"int8", "float32"}, 0.28)])
+def test_compact_uploads_cut_the_bytes_and_keep_the_average(small_experiment, precision, dtypes, share):
+    """``float16`` sends the weights in half precision; ``int8`` sends the change from the
+    global model the client received, 8 bits per value plus a scale per row. Either way the
+    server keeps float32 and its average moves by rounding only (round 2: the train phase's
+    deltas are taken against the round-1 global model)."""
     replies, globals_ = {}, {}
-    for precision in ("float32", "float16"):
+    for p in ("float32", precision):
         exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False,
-                         adamodal__upload_precision=precision)
+                         adamodal__upload_precision=p)
         log: list = []
-        _round(exp, m, 1, {}, log)
-        replies[precision] = next(r for phase, cid, r in log if phase == "train" and cid == 0)
-        globals_[precision] = m.global_params
-    half, full = replies["float16"], replies["float32"]
-    assert {a.dtype.name for a in half.arrays.values()} == {"float16"}
-    assert half.nbytes() < 0.52 * full.nbytes()
-    for k, v in globals_["float16"].items():
+        states: dict = {}
+        _round(exp, m, 1, states)
+        _round(exp, m, 2, states, log)
+        replies[p] = next(r for phase, cid, r in log if phase == "train" and cid == 0)
+        globals_[p] = m.global_params
+    small, full = replies[precision], replies["float32"]
+    assert {a.dtype.name for a in small.arrays.values()} == dtypes
+    assert small.nbytes() < share * full.nbytes()
+    for k, v in globals_[precision].items():
         assert v.dtype == np.float32
         np.testing.assert_allclose(v, globals_["float32"][k], atol=2e-2, rtol=1e-2)

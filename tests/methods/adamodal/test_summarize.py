@@ -71,3 +71,18 @@ def test_cluster_switch_keeps_the_uploaded_centroids():
     know, _ = cluster_summaries(replies, 4, cluster=True, seeds=(1, 2))
     raw, _ = cluster_summaries(replies, 4, cluster=False, seeds=(1, 2))
     assert len(know["C_img"]) == 4 and len(raw["C_img"]) == 12  # every client's centroid, unclustered
+
+
+def test_label_aware_pairing_recovers_classes_the_geometry_does_not():
+    """Image and text spaces not yet aligned (text centres in an unrelated direction): the
+    cosine alone pairs classes by chance, the label histograms pair them right."""
+    k = 6
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    replies, _ = _replies(perm, k=k)
+    unaligned = np.random.default_rng(3).normal(size=(8, 8))
+    for r in replies:
+        r["c_txt"] = (r["c_txt"] @ unaligned).astype(np.float32)
+    _, plain = cluster_summaries(replies, k, cluster=False, seeds=(1, 2))
+    _, aware = cluster_summaries(replies, k, cluster=False, seeds=(1, 2), match_labels=1.0)
+    assert aware["class_agreement"] == 1.0
+    assert plain["class_agreement"] < 0.7

@@ -29,7 +29,8 @@ Where this departs from DESIGN section 4, for reasons measured (``docs/adamodal.
   were noise.
 """
 
-from adamodal.methods.adamodal.method import AdaModalFed, contribution_weights
+from adamodal.methods.adamodal.aggregate import contribution_weights
+from adamodal.methods.adamodal.method import AdaModalFed
 from adamodal.methods.adamodal.net import AdaModalNet, build_adamodal_net, key_modality, key_role
 
 METHOD = AdaModalFed

@@ -18,7 +18,8 @@ from torch import nn
 
 from adamodal.kit.privacy import dp_report
 from adamodal.kit.train import scores_from_logits, task_loss
-from adamodal.methods.adamodal import distill, messages
+from adamodal.methods.adamodal import distill, messages, upload
+from adamodal.methods.adamodal.aggregate import contribution_weights, pooled_diagnostics
 from adamodal.methods.adamodal.imputation import cluster_prototypes, imputation_quality
 from adamodal.methods.adamodal.local import LocalTerms, train_local
 from adamodal.methods.adamodal.net import AdaModalNet, build_adamodal_net, key_modality, key_role
@@ -36,10 +37,8 @@ from adamodal.methods.base import (
 from adamodal.metrics import compute_metrics
 from adamodal.model import ModelSpec
 
-#: client scalars the server averages into the round's metrics, weighted by the rows they cover;
-#: ``val_auc`` (the clients' validation macro-AUC) is what defaults are chosen on, never the test views
-DIAGNOSTICS = {"gate_mean": "gate_rows", "impute_cos": "impute_rows", "impute_cos_shuffled": "impute_rows",
-               "val_auc": "val_rows"}
+#: rows a client's round diagnostics (gate, imputation quality) look at
+DIAGNOSTIC_ROWS = 512
 
 
 class AdaModalFed(Method):
@@ -110,7 +109,8 @@ class AdaModalFed(Method):
 
     def phases(self, rnd: int) -> list[str]:
         if rnd == 1:
-            return ["warmup"] + (["teach", "kd"] if self.opt["kd"] else []) + ["summarize", "train", "summarize"]
+            extra = ["train", "summarize"] if self.opt["round1_train"] else []
+            return ["warmup"] + (["teach", "kd"] if self.opt["kd"] else []) + ["summarize"] + extra
         return ["train", "summarize"]
 
     def participants(self, phase: str, rnd: int, sampled: list[int]) -> list[int]:
@@ -149,14 +149,14 @@ class AdaModalFed(Method):
             self.scores = distill.comparable_scores({c: r.scalars for c, r in replies.items()})
             if self.opt["kd"]:
                 self.teachers = distill.select_teachers(self.scores, float(self.opt["kd_threshold"]))
-            self.collect(replies)
+            self.collect(replies, self.initial_params())
             if not self.opt["kd"]:
                 self.average()
         elif phase == "teach":
-            self.packages = {c: dict(r.arrays) for c, r in replies.items()}
-            self.collect(replies)
+            self.packages = {c: upload.decode(r.arrays, self.initial_params()) for c, r in replies.items()}
+            self.collect(replies, self.initial_params())
         elif phase == "kd":
-            self.collect(replies)
+            self.collect(replies, self.initial_params())
             self.average()
             self.packages = {}  # teachers' projections are not kept beyond their relay
         elif phase == "summarize":
@@ -165,14 +165,14 @@ class AdaModalFed(Method):
             self.round_updates = {}
             self.scores.update(distill.comparable_scores({c: r.scalars for c, r in replies.items()}))
             self.diagnostics = pooled_diagnostics(replies)
-            self.collect(replies)
+            self.collect(replies, self.global_params)
             self.average()
 
-    def collect(self, replies: dict[int, Message]) -> None:
-        """Keep each reply's global parts with its size and score, for :meth:`average`."""
+    def collect(self, replies: dict[int, Message], reference: dict[str, np.ndarray]) -> None:
+        """Keep each reply's global parts (decoded against ``reference``, the weights the
+        clients started from) with its size and score, for :meth:`average`."""
         for cid, r in replies.items():
-            glob = {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
-                    for k, v in r.arrays.items() if key_role(k) == "global"}
+            glob = {k: v for k, v in upload.decode(r.arrays, reference).items() if key_role(k) == "global"}
             if glob:
                 self.round_updates[cid] = (glob, float(r.scalars["num_examples"]), self.scores.get(cid, 0.0))
 
@@ -198,7 +198,8 @@ class AdaModalFed(Method):
         """Stage 2 on the server, then stage 3's cluster-level representations Z."""
         seeds = tuple(int(np.random.SeedSequence([self.seed, rnd, 17, i]).generate_state(1)[0]) for i in range(2))
         know, metrics = cluster_summaries([r.arrays for r in replies.values()], int(self.opt["k"]),
-                                          cluster=bool(self.opt["cluster"]), seeds=seeds)  # type: ignore[arg-type]
+                                          cluster=bool(self.opt["cluster"]), seeds=seeds,  # type: ignore[arg-type]
+                                          match_labels=float(self.opt["match_labels"]))
         self.diagnostics.update(metrics)
         if "pi" in know:
             k = Knowledge.from_arrays({x: know[x] for x in ("C_img", "C_txt", "pi")}, self.device)
@@ -255,19 +256,20 @@ class AdaModalFed(Method):
             self.scores = dict(zip(state["scores.cid"].tolist(), state["scores.value"].tolist(), strict=True))
 
     # ---- client side --------------------------------------------------------------------
-    def upload(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Parameters as they go up: ``upload_precision=float16`` halves their bytes (the
-        server averages in float64 and keeps float32); integer buffers are sent as they are."""
-        if self.opt["upload_precision"] != "float16":
-            return arrays
-        return {k: v.astype(np.float16) if np.issubdtype(v.dtype, np.floating) else v for k, v in arrays.items()}
+    def upload(self, arrays: dict[str, np.ndarray], ctx: ClientContext,
+               reference: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Parameters as they go up (:mod:`.upload`): ``float16`` halves their bytes, ``int8``
+        sends the change from ``reference`` (the weights the server sent; by default the
+        seed's, which every machine rebuilds) in a quarter of them."""
+        ref = reference if reference is not None else self.initial_params()
+        return upload.encode(arrays, ref, str(self.opt["upload_precision"]), np.random.default_rng([ctx.seed, 11]))
 
     def client_step(self, phase: str, rnd: int, ctx: ClientContext, msg: Message) -> Message:
         if phase == "warmup":
             return self.client_warmup(ctx)
         if phase == "teach":
             keys = self.upload_keys(ctx.modalities, ("global", "personal"))
-            return Message(self.upload(_select(ctx.state, keys)), {"num_examples": len(ctx.train)})
+            return Message(self.upload(_select(ctx.state, keys), ctx), {"num_examples": len(ctx.train)})
         if phase == "kd":
             return self.client_kd(ctx, msg)
         if phase == "summarize":
@@ -281,7 +283,7 @@ class AdaModalFed(Method):
         train_local(model, ctx.train, ctx.cfg, self.terms, task=ctx.spec.task, epochs=int(self.opt["warmup_epochs"]),
                     generator=ctx.generator, device=self.device)
         ctx.state = _trained(model)  # the whole model until the first global average
-        arrays = {} if self.opt["kd"] else self.upload(_select(ctx.state, self.upload_keys(ctx.modalities)))
+        arrays = {} if self.opt["kd"] else self.upload(_select(ctx.state, self.upload_keys(ctx.modalities)), ctx)
         return Message(arrays, {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
 
     def client_kd(self, ctx: ClientContext, msg: Message) -> Message:
@@ -303,7 +305,7 @@ class AdaModalFed(Method):
             train_local(model, ctx.train, ctx.cfg, self.terms, task=task, epochs=int(self.opt["kd_epochs"]),
                         generator=ctx.generator, device=self.device, extra=distil)
             ctx.state = _trained(model)
-        return Message(self.upload(_select(ctx.state, self.upload_keys(ctx.modalities))),
+        return Message(self.upload(_select(ctx.state, self.upload_keys(ctx.modalities)), ctx),
                        {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
 
     @torch.no_grad()
@@ -329,17 +331,21 @@ class AdaModalFed(Method):
                            epochs=int(ctx.cfg["local_epochs"]), generator=ctx.generator, device=self.device)
         params = _trained(model)
         ctx.state = _personal(params)
-        return Message(self.upload(_select(params, self.upload_keys(ctx.modalities))),
+        return Message(self.upload(_select(params, self.upload_keys(ctx.modalities)), ctx, glob),
                        {"num_examples": len(ctx.train), "loss": loss, **diagnostics, **self.val_scores(model, ctx)})
 
     @torch.no_grad()
     def client_diagnostics(self, model: AdaModalNet, ctx: ClientContext) -> dict[str, float]:
         """The received global model's gate values and imputation quality on this client's
-        training rows (aggregates only), for the round's metrics."""
+        training rows (aggregates only), for the round's metrics: on at most
+        ``DIAGNOSTIC_ROWS`` of them, a seeded sample, so watching costs little of the round."""
         model.eval()
-        d = ctx.train.to(self.device)
+        d = ctx.train
         if len(d) == 0:
             return {}
+        if len(d) > DIAGNOSTIC_ROWS:
+            d = d.subset(np.sort(np.random.default_rng([ctx.seed, 13]).choice(len(d), DIAGNOSTIC_ROWS, replace=False)))
+        d = d.to(self.device)
         fwd = model.run(d.x_img, d.x_txt, d.m_img, d.m_txt, impute_all=True)
         out: dict[str, float] = {}
         if fwd.gates:
@@ -384,25 +390,3 @@ def _personal(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _trained(model: nn.Module) -> dict[str, np.ndarray]:
     """Everything but the frozen base (which every machine rebuilds from the seed)."""
     return {k: v for k, v in state_arrays(model).items() if key_role(k) != "frozen"}
-
-
-def pooled_diagnostics(replies: dict[int, Message]) -> dict[str, float]:
-    """The clients' diagnostic scalars averaged, each weighted by the rows it covers."""
-    out = {}
-    for key, weight_key in DIAGNOSTICS.items():
-        pairs = [(float(r.scalars[key]), float(r.scalars.get(weight_key, 1.0)))
-                 for r in replies.values() if key in r.scalars and np.isfinite(float(r.scalars[key]))]
-        if pairs and sum(w for _, w in pairs) > 0:
-            out[key] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
-    return out
-
-
-def contribution_weights(n: np.ndarray, scores: np.ndarray, mode: str, tau_c: float) -> np.ndarray:
-    """``w_i ∝ n_i * softmax(score_i / tau_c)`` (``mode="score"``) or ``w_i ∝ n_i``."""
-    n = np.asarray(n, dtype=np.float64)
-    if mode == "size":
-        return n / n.sum()
-    s = np.asarray(scores, dtype=np.float64) / tau_c
-    soft = np.exp(s - s.max())
-    w = n * soft / soft.sum()
-    return w / w.sum()

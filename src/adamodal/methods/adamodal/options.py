@@ -13,7 +13,7 @@ from adamodal.methods.adamodal.imputation import IMPUTE_MODES
 
 SHARE_MODES = ("centroids", "embeddings")
 CONTRIBUTION_MODES = ("score", "size")
-PRECISIONS = ("float32", "float16")
+PRECISIONS = ("float32", "float16", "int8")
 
 DEFAULTS: dict[str, Any] = {
     # stage 1: warm-up and knowledge distillation
@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.kd_epochs": 2,
     "adamodal.kd_teachers": 3,
     "adamodal.warmup_epochs": 2,
+    "adamodal.round1_train": False,  # a second pass of training in round 1, on the first knowledge
     "adamodal.infonce_temperature": 0.1,
     "adamodal.infonce_weight": 0.5,
     # stage 2: summaries and clustering
@@ -31,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.k": 32,
     "adamodal.k_local": 8,
     "adamodal.min_count": 3,
+    "adamodal.match_labels": 0.0,  # weight of label-histogram disagreement in the pairing cost
     "adamodal.share": "centroids",
     "adamodal.dp_sigma": 0.0,
     "adamodal.dp_clip": 10.0,
@@ -66,7 +68,7 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("kd_temperature", "infonce_temperature", "tau", "tau_c", "dp_clip"):
         if float(o[key]) <= 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be > 0")
-    for key in ("kd_weight", "infonce_weight", "beta", "dp_sigma", "impute_weight"):
+    for key in ("kd_weight", "infonce_weight", "beta", "dp_sigma", "impute_weight", "match_labels"):
         if float(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
     for key in ("k_local", "k", "heads", "kd_teachers", "min_count"):

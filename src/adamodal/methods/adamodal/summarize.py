@@ -22,6 +22,7 @@ import torch
 
 from adamodal.kit.clustering import (
     clip_and_noise,
+    cosine_cost,
     hungarian_match,
     server_clusters,
     weighted_kmeans,
@@ -155,12 +156,16 @@ def _stack(replies: list[dict[str, np.ndarray]], s: str) -> tuple[np.ndarray, np
 
 
 def cluster_summaries(replies: list[dict[str, np.ndarray]], k: int, *, cluster: bool,
-                      seeds: tuple[int, int]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                      seeds: tuple[int, int], match_labels: float = 0.0,
+                      ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """The server's knowledge (``C_img``, ``C_txt``, ``pi``, ``mean_*``; Z is added by the
     imputation stage) and its diagnostics (``class_agreement`` of the matched pairs).
 
     With both modalities the server keeps as many centres on each side, so every centre is
-    paired. ``C_img`` is reordered so that row j pairs with ``C_txt[pi[j]]``.
+    paired. ``C_img`` is reordered so that row j pairs with ``C_txt[pi[j]]``. ``match_labels``
+    > 0 adds ``match_labels * (1 - cosine)`` of the two centres' label histograms to the
+    pairing cost: the spaces' geometry alone pairs classes by chance until they are aligned,
+    while the histograms (aggregates the clients already send) say which centres share classes.
     """
     stacked = {m: _stack(replies, s) for m, s in SUFFIX.items() if any(len(r.get(f"c_{s}", ())) for r in replies)}
     if not stacked:
@@ -180,7 +185,9 @@ def cluster_summaries(replies: list[dict[str, np.ndarray]], k: int, *, cluster: 
             np.add.at(hists[m], owner, hist)
     metrics: dict[str, float] = {}
     if len(stacked) == 2:
-        rows, cols = hungarian_match(out["C_img"], out["C_txt"])
+        extra = (match_labels * cosine_cost(hists["image"], hists["text"])
+                 if match_labels > 0 and len(hists) == 2 else None)
+        rows, cols = hungarian_match(out["C_img"], out["C_txt"], extra)
         out["C_img"], out["pi"] = out["C_img"][rows], cols
         if len(hists) == 2:
             agree = hists["image"][rows].argmax(1) == hists["text"][cols].argmax(1)

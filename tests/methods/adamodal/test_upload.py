@@ -1,0 +1,36 @@
+"""int8 delta uploads: exact in expectation, bounded error, and decoded against the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adamodal.methods.adamodal import upload
+
+
+def test_int8_deltas_round_trip_within_one_step_and_without_bias():
+    rng = np.random.default_rng(0)
+    ref = {"w": rng.normal(size=(64, 32)).astype(np.float32), "b": rng.normal(size=32).astype(np.float32),
+           "n": np.array(7, np.int64)}
+    trained = {"w": ref["w"] + 0.01 * rng.normal(size=(64, 32)).astype(np.float32),
+               "b": ref["b"] + 0.01 * rng.normal(size=32).astype(np.float32), "n": ref["n"]}
+    sent = upload.encode(trained, ref, "int8", np.random.default_rng(1))
+    assert sent["q:w"].dtype == np.int8 and sent["s:w"].shape == (64,) and sent["n"] is trained["n"]
+    back = upload.decode(sent, ref)
+    step = np.abs(trained["w"] - ref["w"]).max(axis=1, keepdims=True) / 127
+    assert (np.abs(back["w"] - trained["w"]) <= step + 1e-7).all()
+    # stochastic rounding: averaging many independent encodings converges on the true delta
+    mean = np.mean([upload.decode(upload.encode(trained, ref, "int8", np.random.default_rng(s)), ref)["w"]
+                    for s in range(200)], axis=0)
+    assert np.abs(mean - trained["w"]).max() < 0.2 * step.max()
+
+
+def test_decoding_needs_the_clients_reference():
+    """A delta decoded against another model is another model: the server must use the
+    weights it sent."""
+    rng = np.random.default_rng(0)
+    ref = {"w": rng.normal(size=(8, 4)).astype(np.float32)}
+    trained = {"w": ref["w"] + 0.1}
+    sent = upload.encode(trained, ref, "int8", rng)
+    wrong = upload.decode(sent, {"w": np.zeros((8, 4), np.float32)})
+    assert np.abs(wrong["w"] - trained["w"]).max() > 0.5
+    assert np.abs(upload.decode(sent, ref)["w"] - trained["w"]).max() < 0.01
