@@ -35,7 +35,7 @@ def test_node_keys_are_what_flower_reads_and_the_private_half_is_closed(tmp_path
     assert "--force" in capsys.readouterr().err
 
 
-def test_authentication_is_on_with_tls_and_needs_it(tmp_path):
+def test_authentication_is_on_with_tls_and_needs_it(tmp_path, capsys):
     make_certificates(tmp_path, [], 1)
     link = superlink_command(host="127.0.0.1", port=1, certificates=tmp_path, insecure=False)
     assert "--enable-supernode-auth" in link
@@ -54,6 +54,9 @@ def test_authentication_is_on_with_tls_and_needs_it(tmp_path):
         supernode_command(superlink="h:1", client_id=0, data=None, certificates=None, insecure=True,
                           key=tmp_path / "node_0" / "node.key")
     assert main(["flower", "register", str(tmp_path / "node_0" / "node.pub"), "--insecure"]) == 1
+    # the private key given by mistake is refused before anything is sent
+    assert main(["flower", "register", str(tmp_path / "node_0" / "node.key"), "--certificates", str(tmp_path)]) != 0
+    assert "node.key: not an OpenSSH public key" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -144,9 +144,9 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
                                    "client site, then `adamodal flower run` submits the run and waits for it.")
     fs = f.add_subparsers(dest="flower_command", required=True)
 
-    c = fs.add_parser("certs", help="make a self-signed CA and TLS certificates for a test consortium")
+    c = fs.add_parser("certs", help="make a self-signed CA, TLS certificates and node keys for a test consortium")
     c.add_argument("dir", type=Path, help="folder to write ca.crt, ca.key, server.crt, server.key, node_<i>/")
-    c.add_argument("--nodes", type=int, default=0, help="number of site folders node_<i>/ (each holds ca.crt)")
+    c.add_argument("--nodes", type=int, default=0, help="number of site folders node_<i>/ (each holds ca.crt and a node key pair)")
     c.add_argument("--host", action="append", default=[], metavar="NAME",
                    help="host name or IP the SuperLink is reached at (repeatable; localhost and 127.0.0.1 "
                         "are always included)")

@@ -178,6 +178,23 @@ def write_flower_home(home: Path, superlink: str, certificates: Path | None, ins
     return home
 
 
+def _check_public_key(path: Path) -> None:
+    """A clear error for a file ``flwr supernode register`` would reject with an exit code."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: public key file not found (a site makes its pair with `adamodal flower keys DIR`)")
+    try:
+        key = load_ssh_public_key(path.read_bytes())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise ConfigError(f"{path}: not an OpenSSH public key ({err}); register the node.pub of "
+                          "`adamodal flower keys`, never the private node.key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{path}: an ECDSA (NIST curve) key is needed, this is {type(key).__name__}")
+
+
 def register_nodes(public_keys: list[Path], *, superlink: str, certificates: Path) -> dict[Path, int]:
     """Register SuperNodes' public keys with a running SuperLink; returns their node ids.
 
@@ -185,8 +202,7 @@ def register_nodes(public_keys: list[Path], *, superlink: str, certificates: Pat
     all keys at once: each ``flwr`` start costs about a second of CPU. Registrations live in
     the SuperLink's state: in memory unless it was started with ``--database FILE``."""
     for key in public_keys:
-        if not Path(key).is_file():
-            raise ConfigError(f"{key}: public key file not found (a site makes its pair with `adamodal flower keys DIR`)")
+        _check_public_key(Path(key))
     with tempfile.TemporaryDirectory(prefix="adamodal-flwr-") as tmp:
         env = flower_env(write_flower_home(Path(tmp) / "home", superlink, certificates, False))
         procs = {key: _flwr_start(["supernode", "register", str(Path(key).resolve()), CONNECTION], env, Path(tmp))
@@ -234,6 +250,8 @@ def _flwr_result(proc: subprocess.Popen, what: str) -> dict:
         payload = {}
     if proc.returncode != 0 or not payload.get("success", False):
         reason = payload.get("error-message") or (err.strip() or text or "no output").splitlines()[-1]
+        # flwr puts the connection it used in front of the error
+        reason = " ".join(line for line in reason.splitlines() if line.strip() and not line.startswith("Using SuperLink"))
         raise AdamodalError(f"flwr {what} failed: {reason}")
     return payload
 
