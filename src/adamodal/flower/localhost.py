@@ -124,8 +124,9 @@ class Consortium:
                                     state=self.root / f"state{cid}", clientapp=self.clientapp,
                                     key=self.node_key(cid) if self.authenticating else None)
             started.append((cid, port, self._start(f"supernode{cid}", cmd)))
-        for cid, port, proc in started if register or not self.authenticating else []:
-            wait_port(port, proc, self.root / f"supernode{cid}.log", timeout=300)
+        if register or not self.authenticating:
+            for cid, port, proc in started:
+                wait_port(port, proc, self.root / f"supernode{cid}.log", timeout=300)
         return [proc for _, _, proc in started]
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

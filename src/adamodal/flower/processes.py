@@ -207,12 +207,14 @@ def register_nodes(public_keys: list[Path], *, superlink: str, certificates: Pat
         env = flower_env(write_flower_home(Path(tmp) / "home", superlink, certificates, False))
         procs = {key: _flwr_start(["supernode", "register", str(Path(key).resolve()), CONNECTION], env, Path(tmp))
                  for key in public_keys}
-        ids = {}
-        for key, proc in procs.items():
+        ids, errors = {}, []
+        for key, proc in procs.items():  # every one waited for, then the first failure told
             try:
                 ids[Path(key)] = int(_flwr_result(proc, "supernode register")["node-id"])
             except AdamodalError as err:
-                raise AdamodalError(f"{key}: {err}") from None
+                errors.append(f"{key}: {err}")
+        if errors:
+            raise AdamodalError("; ".join(errors))
         return ids
 
 
