@@ -1,5 +1,6 @@
 """Real Flower processes on 127.0.0.1: a SuperLink and three SuperNodes (image+text,
-image-only, text-only), started and stopped by the tests, Flower homes in tmp.
+image-only, text-only), started and stopped by the tests, Flower homes in tmp; TLS with
+SuperNode authentication (each node's key registered) unless a test says ``--insecure``.
 
 Equivalence: the Flower runtime runs the simulator's own server loop and the engine's own
 client functions with the same per-(seed, round, client, phase) seeds, and messages convert
@@ -66,6 +67,7 @@ def tls_consortium(tmp_path_factory):
     root = tmp_path_factory.mktemp("consortium")
     make_certificates(root / "certs", [], 3)
     with Consortium(root, certificates=root / "certs") as c:
+        assert c.authenticating  # TLS brings SuperNode authentication: the nodes' keys are registered
         c.start_superlink()
         c.start_supernodes([0, 1, 2], data=cache_dir())
         yield c

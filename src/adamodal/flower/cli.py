@@ -1,4 +1,5 @@
-"""``adamodal flower ...``: certificates, SuperLink, SuperNode, submitting a run, app folder."""
+"""``adamodal flower ...``: certificates and node keys, SuperLink, SuperNode, registering
+SuperNodes, submitting a run, app folder."""
 
 from __future__ import annotations
 
@@ -36,7 +37,31 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
     files = make_certificates(args.dir, args.host, args.nodes, force=args.force)
     print(f"wrote {len(files)} files into {args.dir}: ca.crt, ca.key (keep private), server.crt, server.key"
-          + (f", node_0..node_{args.nodes - 1}/ca.crt (one per site)" if args.nodes else ""))
+          + (f", node_0..node_{args.nodes - 1}/ (one per site: ca.crt, node.key, node.pub)" if args.nodes else ""))
+    if args.nodes:
+        print(f"once the SuperLink runs, admit the sites: adamodal flower register {args.dir}/node_*/node.pub "
+              f"--certificates {args.dir}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from adamodal.flower.certs import make_node_keys
+
+    private, public = make_node_keys(args.dir, force=args.force)
+    print(f"wrote {private} (stays on this site) and {public}\n"
+          f"send {public} to the SuperLink's operator, who runs: adamodal flower register node.pub "
+          f"--certificates DIR\nthen start this site: adamodal flower supernode --node-key {private} ...")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from adamodal.flower.processes import register_nodes
+
+    if args.certificates is None:
+        raise AdamodalError("registering SuperNodes needs TLS: pass --certificates DIR (SuperNode "
+                            "authentication is not available with --insecure)")
+    for key, node_id in register_nodes(args.keys, superlink=args.superlink, certificates=args.certificates).items():
+        print(f"registered {key}: node id {node_id}")
     return 0
 
 
@@ -44,7 +69,8 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     from adamodal.flower.processes import superlink_command
 
     return _exec(superlink_command(host=args.host, port=args.port, certificates=args.certificates,
-                                   insecure=args.insecure, simulation=args.simulation, database=args.database))
+                                   insecure=args.insecure, simulation=args.simulation, database=args.database,
+                                   node_auth=False if args.no_node_auth else None))
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
@@ -52,7 +78,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
 
     return _exec(supernode_command(superlink=args.superlink, client_id=args.client_id, data=args.data,
                                    certificates=args.certificates, insecure=args.insecure, port=args.port,
-                                   state=args.state, clientapp=args.clientapp))
+                                   state=args.state, clientapp=args.clientapp, key=args.node_key))
 
 
 def cmd_flower_run(args: argparse.Namespace, resolve_args: Callable[[argparse.Namespace], Any]) -> int:
@@ -113,19 +139,24 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
     from adamodal.flower.app import DEFAULT_TIMEOUT, DEFAULT_WAIT
     from adamodal.flower.processes import CLIENTAPP_MODES, DEFAULT_NODE_PORT, DEFAULT_SUPERLINK_PORT
 
-    f = sub.add_parser("flower", help="run on Flower: certificates, SuperLink, SuperNodes, submit a run",
+    f = sub.add_parser("flower", help="run on Flower: certificates, keys, SuperLink, SuperNodes, submit a run",
                        description="Deploy a run with Flower: one SuperLink (the server), one SuperNode per "
                                    "client site, then `adamodal flower run` submits the run and waits for it.")
     fs = f.add_subparsers(dest="flower_command", required=True)
 
-    c = fs.add_parser("certs", help="make a self-signed CA and TLS certificates for a test consortium")
+    c = fs.add_parser("certs", help="make a self-signed CA, TLS certificates and node keys for a test consortium")
     c.add_argument("dir", type=Path, help="folder to write ca.crt, ca.key, server.crt, server.key, node_<i>/")
-    c.add_argument("--nodes", type=int, default=0, help="number of site folders node_<i>/ (each holds ca.crt)")
+    c.add_argument("--nodes", type=int, default=0, help="number of site folders node_<i>/ (each holds ca.crt and a node key pair)")
     c.add_argument("--host", action="append", default=[], metavar="NAME",
                    help="host name or IP the SuperLink is reached at (repeatable; localhost and 127.0.0.1 "
                         "are always included)")
     c.add_argument("--force", action="store_true", help="replace existing certificates")
     c.set_defaults(func=cmd_certs)
+
+    k = fs.add_parser("keys", help="make a site's SuperNode key pair (node.key stays, node.pub is registered)")
+    k.add_argument("dir", type=Path, help="folder to write node.key and node.pub into")
+    k.add_argument("--force", action="store_true", help="replace an existing key pair")
+    k.set_defaults(func=cmd_keys)
 
     sl = fs.add_parser("superlink", help="start the SuperLink (server side; the ServerApp runs under it)")
     sl.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
@@ -134,8 +165,20 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
     _security(sl)
     sl.add_argument("--simulation", action="store_true",
                     help="simulate the SuperNodes (Ray) instead of waiting for real ones")
-    sl.add_argument("--database", type=Path, help="SuperLink state file (default: in memory)")
+    sl.add_argument("--database", type=Path,
+                    help="SuperLink state file, which also keeps the registered SuperNodes across restarts "
+                         "(default: in memory)")
+    sl.add_argument("--no-node-auth", action="store_true",
+                    help="admit any SuperNode (Flower's default); by default, with TLS, only SuperNodes whose "
+                         "public keys were registered (`adamodal flower register`) may join")
     sl.set_defaults(func=cmd_superlink)
+
+    rg = fs.add_parser("register", help="admit SuperNodes: register their public keys with a running SuperLink")
+    rg.add_argument("keys", type=Path, nargs="+", metavar="NODE.pub", help="public keys of the sites' SuperNodes")
+    rg.add_argument("--superlink", default=f"127.0.0.1:{DEFAULT_SUPERLINK_PORT}", metavar="HOST:PORT",
+                    help="the SuperLink's address (default %(default)s)")
+    _security(rg)
+    rg.set_defaults(func=cmd_register)
 
     sn = fs.add_parser("supernode", help="start one site's SuperNode (client side)")
     sn.add_argument("--client-id", type=int, required=True, help="which client of the scenario this site is (0-based)")
@@ -153,6 +196,9 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
                     help="warm (default): one long-lived process runs this site's ClientApp messages, "
                          "keeping imports and the prepared data; per-message: Flower's own way, a new "
                          "process for every message (seconds of CPU each)")
+    sn.add_argument("--node-key", type=Path, metavar="FILE",
+                    help="this site's private key for SuperNode authentication (default: node.key in the "
+                         "--certificates folder, when there)")
     _security(sn)
     sn.set_defaults(func=cmd_supernode)
 

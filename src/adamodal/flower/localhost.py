@@ -1,6 +1,10 @@
 """A whole consortium on one machine: a SuperLink and one SuperNode per client, on free
 ports of 127.0.0.1, started and stopped together (tests, benchmarks, trying things out).
 
+With TLS the SuperLink authenticates SuperNodes (Flower's SuperNode authentication, as in a
+real consortium): each SuperNode gets a key pair of its own under ``ROOT/keys/``, and its public
+key is registered with the SuperLink before the SuperNode starts.
+
 Every process gets its own process group so stopping it also stops the ServerApp/ClientApp
 processes Flower started under it, and a Flower home folder of its own so nothing touches
 ``~/.flwr``.
@@ -17,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adamodal.errors import AdamodalError
-from adamodal.flower.processes import flower_env, superlink_command, supernode_command
+from adamodal.flower.certs import NODE_KEY, NODE_PUB, make_node_keys
+from adamodal.flower.processes import (
+    flower_env,
+    register_nodes,
+    superlink_command,
+    supernode_command,
+)
 
 
 def free_port() -> int:
@@ -47,12 +57,20 @@ class Consortium:
     simulation: bool = False
     #: how SuperNodes run their ClientApp (see ``supernode_command``)
     clientapp: str = "warm"
+    #: Flower's SuperNode authentication (default: on with TLS, off without or in a simulation)
+    node_auth: bool | None = None
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: the node id the SuperLink gave each registered client's key, by client id
+    registered: dict[int, int] = field(default_factory=dict)
 
     @property
     def insecure(self) -> bool:
         return self.certificates is None
+
+    @property
+    def authenticating(self) -> bool:
+        return (not self.insecure and not self.simulation) if self.node_auth is None else self.node_auth
 
     @property
     def address(self) -> str:
@@ -69,23 +87,46 @@ class Consortium:
 
     def start_superlink(self) -> None:
         cmd = superlink_command(host="127.0.0.1", port=self.port, certificates=self.certificates,
-                                insecure=self.insecure, simulation=self.simulation)
+                                insecure=self.insecure, simulation=self.simulation, node_auth=self.authenticating)
         wait_port(self.port, self._start("superlink", cmd), self.root / "superlink.log")
 
     def start_supernode(self, client_id: int, data: Path | None = None) -> subprocess.Popen:
         return self.start_supernodes([client_id], data)[0]
 
-    def start_supernodes(self, client_ids: list[int], data: Path | None = None) -> list[subprocess.Popen]:
-        """Start one SuperNode per client id, all at once, and wait until each listens."""
+    def node_key(self, client_id: int) -> Path:
+        """The private key of the SuperNode of ``client_id`` (made on first use)."""
+        folder = self.root / "keys" / f"node{client_id}"
+        return folder / NODE_KEY if (folder / NODE_KEY).exists() else make_node_keys(folder)[0]
+
+    def register(self, client_ids: list[int]) -> None:
+        """Register the public keys of these clients' SuperNodes with the SuperLink (once each)."""
+        new = [cid for cid in dict.fromkeys(client_ids) if cid not in self.registered]
+        keys = {cid: self.node_key(cid).with_name(NODE_PUB) for cid in new}
+        if keys:
+            if self.certificates is None:
+                raise AdamodalError("SuperNode authentication needs TLS: give the consortium certificates")
+            ids = register_nodes(list(keys.values()), superlink=self.address, certificates=self.certificates)
+            self.registered.update({cid: ids[pub] for cid, pub in keys.items()})
+
+    def start_supernodes(self, client_ids: list[int], data: Path | None = None,
+                         register: bool = True) -> list[subprocess.Popen]:
+        """Start one SuperNode per client id, all at once, and wait until each listens.
+
+        ``register=False`` (with authentication) starts nodes whose keys the SuperLink does not
+        know: it refuses them and they exit, so nothing is waited for."""
+        if self.authenticating and register:
+            self.register(client_ids)
         started = []
         for cid in client_ids:
             port = free_port()
             cmd = supernode_command(superlink=self.address, client_id=cid, data=data,
                                     certificates=self.certificates, insecure=self.insecure, port=port,
-                                    state=self.root / f"state{cid}", clientapp=self.clientapp)
+                                    state=self.root / f"state{cid}", clientapp=self.clientapp,
+                                    key=self.node_key(cid) if self.authenticating else None)
             started.append((cid, port, self._start(f"supernode{cid}", cmd)))
-        for cid, port, proc in started:
-            wait_port(port, proc, self.root / f"supernode{cid}.log", timeout=300)
+        if register or not self.authenticating:
+            for cid, port, proc in started:
+                wait_port(port, proc, self.root / f"supernode{cid}.log", timeout=300)
         return [proc for _, _, proc in started]
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:

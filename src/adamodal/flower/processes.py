@@ -2,7 +2,9 @@
 
 These wrap Flower's own executables (``flower-superlink``, ``flower-supernode``, ``flwr``)
 with the flags a consortium needs: TLS from one certificates folder (or ``--insecure``, only
-when asked for), the client id and data folder of a site, runtime dependency installation
+when asked for), Flower's SuperNode authentication on top of TLS (the SuperLink admits only
+SuperNodes whose public keys were registered with it; each SuperNode signs its requests with
+its private key), the client id and data folder of a site, runtime dependency installation
 off (sites are offline). A submitted run is judged by its status on the SuperLink
 (``finished:completed``), never by ``flwr run``'s exit code, which is 0 even for a run that
 fails later.
@@ -25,6 +27,7 @@ import tomli_w
 from adamodal.config import Config
 from adamodal.errors import AdamodalError, ConfigError
 from adamodal.flower.app import DEFAULT_TIMEOUT, DEFAULT_WAIT, write_app
+from adamodal.flower.certs import NODE_KEY
 
 #: certificate file names inside a ``--certificates`` folder (written by ``adamodal flower certs``)
 CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.crt", "server.key"
@@ -73,8 +76,42 @@ def _cert(certificates: Path, name: str) -> str:
     return str(path)
 
 
+def superlink_auth_args(node_auth: bool, insecure: bool) -> list[str]:
+    """The SuperLink's flags for Flower's SuperNode authentication: with them it refuses every
+    SuperNode whose public key was not registered through its Control API (``register_nodes``,
+    ``flwr supernode register``), instead of letting any SuperNode register itself."""
+    if not node_auth:
+        return []
+    if insecure:
+        raise ConfigError("SuperNode authentication needs TLS: pass --certificates DIR, or turn it off "
+                          "with --no-node-auth")
+    return ["--enable-supernode-auth"]
+
+
+def supernode_auth_args(key: Path | None, insecure: bool) -> list[str]:
+    """A SuperNode's flags for Flower's SuperNode authentication: the private key it signs its
+    requests with (``node.key`` from ``adamodal flower keys``/``certs``). Without one the node
+    registers itself with a fresh key, which a SuperLink with authentication refuses."""
+    if key is None:
+        return []
+    if insecure:
+        raise ConfigError(f"--node-key {key}: SuperNode authentication needs TLS (--certificates DIR)")
+    if not Path(key).is_file():
+        raise ConfigError(f"--node-key {key}: key file not found (make one with `adamodal flower keys DIR`)")
+    return ["--auth-supernode-private-key", str(Path(key).resolve())]
+
+
+def default_node_key(certificates: Path | None) -> Path | None:
+    """The node key a site folder from ``adamodal flower certs`` holds (``node_<i>/node.key``)."""
+    path = None if certificates is None else Path(certificates) / NODE_KEY
+    return path if path is not None and path.is_file() else None
+
+
 def superlink_command(*, host: str, port: int, certificates: Path | None, insecure: bool,
-                      simulation: bool = False, database: Path | None = None) -> list[str]:
+                      simulation: bool = False, database: Path | None = None,
+                      node_auth: bool | None = None) -> list[str]:
+    """The command that starts the SuperLink. ``node_auth`` (default: on with TLS, off for
+    ``--insecure`` and ``--simulation``) admits only registered SuperNodes."""
     check_security(certificates, insecure)
     cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
@@ -86,6 +123,7 @@ def superlink_command(*, host: str, port: int, certificates: Path | None, insecu
                 "--ssl-keyfile", _cert(certificates, SERVER_KEY)]
     if simulation:
         cmd.append("--simulation")
+    cmd += superlink_auth_args(not insecure and not simulation if node_auth is None else node_auth, insecure)
     if database is not None:
         cmd += ["--database", str(database)]
     return cmd
@@ -93,8 +131,11 @@ def superlink_command(*, host: str, port: int, certificates: Path | None, insecu
 
 def supernode_command(*, superlink: str, client_id: int, data: Path | None, certificates: Path | None,
                       insecure: bool, port: int | None = None, state: Path | None = None,
-                      clientapp: str = "warm") -> list[str]:
+                      clientapp: str = "warm", key: Path | None = None) -> list[str]:
     """The command that starts one site's SuperNode.
+
+    ``key``: the node's private key for SuperNode authentication (default: ``node.key`` in the
+    ``certificates`` folder when there is one).
 
     ``clientapp="warm"`` (the default) runs the site's ClientApp messages in one long-lived
     process (:mod:`adamodal.flower.warm`); ``"per-message"`` leaves it to Flower, which starts
@@ -116,6 +157,7 @@ def supernode_command(*, superlink: str, client_id: int, data: Path | None, cert
     else:
         assert certificates is not None
         cmd += ["--root-certificates", _cert(certificates, CA_CERT)]
+    cmd += supernode_auth_args(key if key is not None else default_node_key(certificates), insecure)
     if clientapp == "warm":
         runtime_api = f"127.0.0.1:{port if port is not None else DEFAULT_NODE_PORT + int(client_id)}"
         return [sys.executable, "-m", "adamodal.flower.warm", "--runtime-api-address", runtime_api, "--", *cmd]
@@ -136,6 +178,54 @@ def write_flower_home(home: Path, superlink: str, certificates: Path | None, ins
     return home
 
 
+def _check_public_key(path: Path) -> None:
+    """A clear error for a file ``flwr supernode register`` would reject with an exit code."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: public key file not found (a site makes its pair with `adamodal flower keys DIR`)")
+    try:
+        key = load_ssh_public_key(path.read_bytes())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise ConfigError(f"{path}: not an OpenSSH public key ({err}); register the node.pub of "
+                          "`adamodal flower keys`, never the private node.key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{path}: an ECDSA (NIST curve) key is needed, this is {type(key).__name__}")
+
+
+def register_nodes(public_keys: list[Path], *, superlink: str, certificates: Path) -> dict[Path, int]:
+    """Register SuperNodes' public keys with a running SuperLink; returns their node ids.
+
+    Runs Flower's own ``flwr supernode register KEY`` (through the SuperLink's Control API),
+    all keys at once: each ``flwr`` start costs about a second of CPU. Registrations live in
+    the SuperLink's state: in memory unless it was started with ``--database FILE``."""
+    for key in public_keys:
+        _check_public_key(Path(key))
+    with tempfile.TemporaryDirectory(prefix="adamodal-flwr-") as tmp:
+        env = flower_env(write_flower_home(Path(tmp) / "home", superlink, certificates, False))
+        procs = {key: _flwr_start(["supernode", "register", str(Path(key).resolve()), CONNECTION], env, Path(tmp))
+                 for key in public_keys}
+        ids, errors = {}, []
+        for key, proc in procs.items():  # every one waited for, then the first failure told
+            try:
+                ids[Path(key)] = int(_flwr_result(proc, "supernode register")["node-id"])
+            except AdamodalError as err:
+                errors.append(f"{key}: {err}")
+        if errors:
+            raise AdamodalError("; ".join(errors))
+        return ids
+
+
+def list_nodes(*, superlink: str, certificates: Path | None, insecure: bool) -> list[dict]:
+    """The SuperNodes the SuperLink knows (``flwr supernode ls``): node id, status (``registered``,
+    ``online``, ``offline``), times."""
+    with tempfile.TemporaryDirectory(prefix="adamodal-flwr-") as tmp:
+        env = flower_env(write_flower_home(Path(tmp) / "home", superlink, certificates, insecure))
+        return list(_flwr(["supernode", "ls", CONNECTION], env, Path(tmp)).get("nodes", []))
+
+
 @dataclass
 class RunResult:
     run_id: int
@@ -148,18 +238,28 @@ class RunResult:
         return self.status == "finished:completed"
 
 
-def _flwr(args: list[str], env: dict[str, str], cwd: Path) -> dict:
-    proc = subprocess.run([executable("flwr"), *args, "--format", "json"], env=env, cwd=cwd,
-                          capture_output=True, text=True)
-    text = proc.stdout.strip()
+def _flwr_start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([executable("flwr"), *args, "--format", "json"], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _flwr_result(proc: subprocess.Popen, what: str) -> dict:
+    out, err = proc.communicate()
+    text = out.strip()
     try:
         payload = json.loads(text[text.index("{"):]) if "{" in text else {}
     except ValueError:
         payload = {}
     if proc.returncode != 0 or not payload.get("success", False):
-        reason = payload.get("error-message") or (proc.stderr.strip() or text or "no output").splitlines()[-1]
-        raise AdamodalError(f"flwr {args[0]} failed: {reason}")
+        reason = payload.get("error-message") or (err.strip() or text or "no output").splitlines()[-1]
+        # flwr puts the connection it used in front of the error
+        reason = " ".join(line for line in reason.splitlines() if line.strip() and not line.startswith("Using SuperLink"))
+        raise AdamodalError(f"flwr {what} failed: {reason}")
     return payload
+
+
+def _flwr(args: list[str], env: dict[str, str], cwd: Path) -> dict:
+    return _flwr_result(_flwr_start(args, env, cwd), args[0])
 
 
 def submit(cfg: Config, out: Path, *, superlink: str, certificates: Path | None, insecure: bool,

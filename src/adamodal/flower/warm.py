@@ -11,6 +11,12 @@ Runtime API with the same calls Flower's ``flower-superexec`` and ``flwr-clienta
 back), but runs the ClientApp the run's FAB names *in this process*, so imports and the
 prepared client data stay warm between messages (``client_app.load_client`` keeps them).
 
+Flower 1.41 has no long-lived ClientApp of its own: a separately started ``flower-superexec
+--plugin-type clientapp`` (``--isolation process``) uses the same subprocess executor as
+``--isolation subprocess``, one ``flwr-clientapp --token`` process per task, and that process
+runs one task and exits; its warm executor pools are Kubernetes-only, one task per pod, and
+not offered for ClientApp tasks (``WARM_EXECUTOR_TASK_TYPES``).
+
 The ClientApp is the same object Flower would load; nothing about a method changes. A
 ClientApp that raises is answered with Flower's own error reply, as ``flwr-clientapp`` does.
 
@@ -32,10 +38,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import Message
-from flwr.app.error import Error
+from flwr.app import Error, Message
 from flwr.cli.install import install_from_fab
-from flwr.clientapp.client_app import ClientApp, LoadClientAppError
+from flwr.clientapp import ClientApp
+from flwr.clientapp.client_app import LoadClientAppError
 from flwr.clientapp.utils import get_load_client_app_fn
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
