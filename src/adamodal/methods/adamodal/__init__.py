@@ -13,12 +13,14 @@ them as phases of the method contract:
                 propagation loss ``beta * ||r - z_k||^2``;
 * ``local``     the client's local objective (task + the stages' terms, modality dropout);
 * ``net``       :class:`AdaModalNet`, the gated late-fusion model with the stages' modules;
-* ``messages``  every array name on the wire; ``options`` the config keys;
+* ``messages``  every array name on the wire; ``upload`` how parameters go up (int8 deltas);
+* ``aggregate`` the server's contribution weights and pooled diagnostics; ``options`` the keys;
 * ``method``    :class:`AdaModalFed`, the phases.
 
 Where this departs from DESIGN section 4, for reasons measured (``docs/adamodal.md``,
 ``docs/results.md``):
-- the projections and adapter are global, full matrices by default, uploaded in float16.
+- the projections and adapter are global, full matrices by default; a client uploads what it
+  changed, in 8 bits per value (``upload``), once per round (round 1 ends after distillation).
   Fully personal projections mapped other clients' classes arbitrarily: server-view
   macro-AUC fell from ~0.96 to ~0.78. The full form beat a low-rank update on the clients'
   validation splits;

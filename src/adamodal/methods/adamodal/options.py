@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.rank": 0,
     "adamodal.adapter_rank": 0,
     "adamodal.personal_rank": 0,
-    "adamodal.upload_precision": "float16",
+    "adamodal.upload_precision": "int8",
 }
 
 
