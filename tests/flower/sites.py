@@ -54,6 +54,17 @@ def write_consortium(root: Path, n: int = 30, n_test: int = 24, test: bool = Tru
     return sites, server
 
 
-#: a quick run on these folders: small trainable towers on 16x16 greyscale pixels, 2 rounds
-SITE_RUN = {"dataset": "folder", "towers": "small", "folder.size": 16, "rounds": 2, "local_epochs": 2,
+#: a quick run on these folders: frozen towers (features computed once per site), a narrow model
+SITE_RUN = {"dataset": "folder", "towers": "frozen", "model.dim": 32, "rounds": 2, "local_epochs": 2,
             "device": "cpu", "seed": 0, "split.val": 0.1, "split.test": 0.2}
+
+
+def site_grid(run_config: dict, sites: list[Path], state: Path, dies: dict[int, int] | None = None):
+    """A :class:`~tests.flower.loopback.LoopbackGrid` whose node ``1000 + k`` is client ``k``
+    reading only ``sites[k]`` (its ``--data``)."""
+    from tests.flower.loopback import LoopbackGrid
+
+    grid = LoopbackGrid(run_config, len(sites), state, dies)
+    for k, site in enumerate(sites):
+        grid.contexts[1000 + k].node_config["data-path"] = str(site)
+    return grid
