@@ -95,3 +95,34 @@ def test_a_site_needs_its_data_folder(tmp_path):
         prepare_site(cfg, 0, "")
     with pytest.raises(AdamodalError, match="not a folder"):
         prepare_site(cfg, 0, tmp_path / "nowhere")
+
+
+def test_a_deployed_site_without_its_data_folder_is_told_to_pass_one(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from adamodal.flower import client_app
+
+    cfg = resolve({}, {**SITE_RUN})
+    rc = app_pyproject(cfg, tmp_path / "out")["tool"]["flwr"]["app"]["config"]
+    context = Context(run_id=1, node_id=7, node_config={"client-id": 0}, state=RecordDict(), run_config=rc)
+    with pytest.raises(ConfigError, match="--data SITE_DIR"):
+        client_app._side(context)
+
+
+def test_in_a_simulation_the_virtual_sites_read_the_whole_root_and_match_the_simulator(tmp_path):
+    """Virtual SuperNodes have no --data: each prepares the simulator's experiment from
+    ROOT/client_XX/ and keeps its client; the server still reads only ROOT/test/."""
+    from adamodal.runtime.simulator import Simulator, prepare
+    from tests.flower.loopback import LoopbackGrid
+
+    sites, server = write_consortium(tmp_path / "data")
+    root = tmp_path / "all"
+    for k, site in enumerate(sites):
+        shutil.copytree(site, root / f"client_0{k}")
+    shutil.copytree(server / "test", root / "test")
+    cfg = resolve({}, {**SITE_RUN, "method": "fedavg", "folder.root": str(root)})
+    rc = app_pyproject(cfg, tmp_path / "out", timeout=5, wait=0)["tool"]["flwr"]["app"]["config"]
+    summary = run_server(LoopbackGrid(rc, 3, tmp_path / "state"), rc)
+    ref = Simulator(prepare(cfg, progress=False), tmp_path / "ref", progress=False).run()
+    assert summary["groups"] == ref["groups"] and summary["test"] == ref["test"]
+    assert summary["groups_server_test"] == ref["groups_server_test"] != {}

@@ -42,7 +42,7 @@ from adamodal.kit.tensors import Tensors
 from adamodal.methods.base import ClientContext, ClientInfo, Method
 from adamodal.model import ModelSpec
 from adamodal.runtime.clients import ClientData, client_step, derive_seed, evaluate_client
-from adamodal.runtime.sites import is_site_local
+from adamodal.runtime.sites import is_site_local, no_data_folder
 
 STATE_KEY = "adamodal.state"
 
@@ -113,12 +113,13 @@ def _prepare(cfg: Any, cid: int, data_path: str) -> tuple:
     """``(client data, model spec, client infos, server test view, server tests, label names)``.
 
     Site-local data: this site's folder only; the method knows this client alone and there is
-    no server test set on the site. Built-in data sets: the simulator's whole experiment, of
-    which this site keeps its client."""
+    no server test set on the site. Built-in data sets, and site-local ones in a simulation
+    (virtual SuperNodes have no ``--data``; ``<dataset>.root`` holds every client): the
+    simulator's whole experiment, of which this site keeps its client."""
     from adamodal.runtime.simulator import prepare
     from adamodal.runtime.sites import empty_view, prepare_site
 
-    if is_site_local(cfg):
+    if is_site_local(cfg) and data_path:
         site = prepare_site(cfg, cid, data_path)
         return (site.data, site.spec, [site.declaration.info()], empty_view(site.spec), None,
                 list(site.declaration.classes))
@@ -207,8 +208,14 @@ def _write_cache(path: Path | None, key: tuple, value: tuple) -> None:
 def _side(context: Context) -> ClientSide:
     folder = _cache_folder()
     cache = None if folder is None else folder / f"run{context.run_id}-node{context.node_id}.pt"
-    return load_client(str(context.run_config[CONFIG_KEY]), client_id(context.node_config),
-                       str(context.node_config.get("data-path", "")), cache)
+    data_path = str(context.node_config.get("data-path", ""))
+    if not data_path and "client-id" in context.node_config:  # a deployed site, not a simulated one
+        from adamodal.config import resolve
+
+        cfg = resolve(tomllib.loads(str(context.run_config[CONFIG_KEY])))
+        if is_site_local(cfg):
+            raise no_data_folder(cfg)
+    return load_client(str(context.run_config[CONFIG_KEY]), client_id(context.node_config), data_path, cache)
 
 
 def _state_dir(side: ClientSide, context: Context) -> Path:

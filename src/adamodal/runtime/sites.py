@@ -135,12 +135,17 @@ def _check_split(cfg: Config) -> None:
                           "set split.public=0")
 
 
+def no_data_folder(cfg: Config) -> ConfigError:
+    """The error of a deployed site that was not told where its data is."""
+    return ConfigError(f"dataset {cfg['dataset']} keeps each site's data on the site: start the SuperNode "
+                       "with --data SITE_DIR (the folder holding this site's data)")
+
+
 def prepare_site(cfg: Config, cid: int, folder: str | Path | None) -> Site:
     """Client ``cid`` from this site's own folder only (``--data SITE_DIR``)."""
     _check_split(cfg)
     if not folder:
-        raise ConfigError(f"dataset {cfg['dataset']} keeps each site's data on the site: start the SuperNode "
-                          "with --data SITE_DIR (the folder holding this site's data)")
+        raise no_data_folder(cfg)
     path = Path(folder)
     if not path.is_dir():
         raise DataError(f"{path}: the site's data folder (--data) is not a folder")
