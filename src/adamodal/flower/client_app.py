@@ -210,9 +210,7 @@ def _side(context: Context) -> ClientSide:
     cache = None if folder is None else folder / f"run{context.run_id}-node{context.node_id}.pt"
     data_path = str(context.node_config.get("data-path", ""))
     if not data_path and "client-id" in context.node_config:  # a deployed site, not a simulated one
-        from adamodal.config import resolve
-
-        cfg = resolve(tomllib.loads(str(context.run_config[CONFIG_KEY])))
+        cfg = tomllib.loads(str(context.run_config[CONFIG_KEY]))  # resolved already: names the dataset
         if is_site_local(cfg):
             raise no_data_folder(cfg)
     return load_client(str(context.run_config[CONFIG_KEY]), client_id(context.node_config), data_path, cache)

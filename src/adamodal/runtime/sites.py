@@ -23,8 +23,10 @@ one; a modality a site lacks is zero-filled and masked, as in process.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ from adamodal.runtime.simulator import Experiment
 from adamodal.towers.features import HASH_VOCAB, IMAGE_DIM, TEXT_DIM, build_inputs
 
 
-def is_site_local(cfg: Config) -> bool:
+def is_site_local(cfg: Mapping[str, Any]) -> bool:
     """True when the run's data set keeps each site's data on the site (see module docstring)."""
     return bool(get_source_class(str(cfg["dataset"])).site_local)
 
@@ -135,7 +137,7 @@ def _check_split(cfg: Config) -> None:
                           "set split.public=0")
 
 
-def no_data_folder(cfg: Config) -> ConfigError:
+def no_data_folder(cfg: Mapping[str, Any]) -> ConfigError:
     """The error of a deployed site that was not told where its data is."""
     return ConfigError(f"dataset {cfg['dataset']} keeps each site's data on the site: start the SuperNode "
                        "with --data SITE_DIR (the folder holding this site's data)")
