@@ -126,3 +126,11 @@ def test_in_a_simulation_the_virtual_sites_read_the_whole_root_and_match_the_sim
     ref = Simulator(prepare(cfg, progress=False), tmp_path / "ref", progress=False).run()
     assert summary["groups"] == ref["groups"] and summary["test"] == ref["test"]
     assert summary["groups_server_test"] == ref["groups_server_test"] != {}
+
+
+def test_a_method_without_a_server_model_has_no_server_test_score_on_site_local_data(tmp_path):
+    """Scoring ``local``'s client models on the server's test set would need that set on the
+    sites: the server keeps it, so the run reports the clients' own test splits only."""
+    sites, server = write_consortium(tmp_path / "data")
+    summary = _run(tmp_path, sites, server, method="local")
+    assert summary["test"] == {} and set(summary["groups"]) == {"multimodal", "image_only", "text_only"}

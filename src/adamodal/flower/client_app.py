@@ -296,8 +296,9 @@ def evaluate(msg: FlowerMessage, context: Context) -> FlowerMessage:
     side = _side(context)
     ctl = control_of(msg.content)
     ctx = _context(side, context, 0, int(ctl["round"]))
-    if ctl.get("server_tests") and side.server_tests is None and not is_site_local(side.cfg):
-        side.server_tests = _prepare(side.cfg, side.data.cid, str(context.node_config.get("data-path", "")))[4]
+    data_path = str(context.node_config.get("data-path", ""))
+    if ctl.get("server_tests") and side.server_tests is None and not (is_site_local(side.cfg) and data_path):
+        side.server_tests = _prepare(side.cfg, side.data.cid, data_path)[4]  # a site-local site has none
     ev = evaluate_client(side.method, ctx, from_records(msg.content), side.server_view,
                          side.server_tests if ctl.get("server_tests") else None)
     return FlowerMessage(eval_to_records(ev), reply_to=msg)
