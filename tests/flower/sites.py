@@ -68,3 +68,15 @@ def site_grid(run_config: dict, sites: list[Path], state: Path, dies: dict[int, 
     for k, site in enumerate(sites):
         grid.contexts[1000 + k].node_config["data-path"] = str(site)
     return grid
+
+
+def warm_caches(pairs: list[tuple[Path, Path]]) -> None:
+    """For each ``(folder, cache)``: decode the folder's images and compute its frozen-tower
+    features into that cache, as the process that reads the folder would on its first message.
+    The towers load once, here, instead of once in every site's process on a busy machine."""
+    from adamodal.data import get_source
+    from adamodal.towers.features import build_inputs
+
+    for folder, cache in pairs:
+        bundle = get_source("folder", {"root": str(folder), "layout": "site"}).load(cache)
+        build_inputs(bundle, "frozen", cache, progress=False)

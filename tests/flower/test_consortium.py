@@ -25,7 +25,7 @@ import pytest
 from adamodal.cli import main
 from adamodal.flower.certs import make_certificates
 from adamodal.flower.localhost import Consortium, free_port, wait_port
-from tests.flower.sites import SITE_RUN, write_consortium
+from tests.flower.sites import SITE_RUN, warm_caches, write_consortium
 from tests.flower.test_deploy import _kill_in_round_2
 
 pytestmark = pytest.mark.slow
@@ -79,11 +79,13 @@ def consortium(tmp_path_factory):
     mp.setenv("ADAMODAL_AUDIT_DIR", str(audit))
     make_certificates(root / "certs", [], 3)
     t0 = time.monotonic()
+    warm_caches([(site, root / f"cache-site{k}") for k, site in enumerate(sites)]
+                + [(server / "test", root / "cache-server")])
     with Consortium(root / "procs", certificates=root / "certs") as c:
         start_superlink(c, root)
         for cid, site in enumerate(sites):
             start_site(c, root, cid, site)
-        print(f"\nconsortium up in {time.monotonic() - t0:.1f} s")
+        print(f"\nfeatures cached and consortium up in {time.monotonic() - t0:.1f} s")
         yield c, sites, server, audit
     mp.undo()
 
