@@ -150,3 +150,16 @@ def test_test_folder_is_the_global_test_set(folder_tree, med_cache) -> None:
 
     lines = check(str(root), {}, med_cache)[2].lines()
     assert lines and all("is in two splits (test and train)" in line for line in lines)
+
+
+def test_one_sites_folder_loads_alone_and_is_checked_as_such(folder_tree, med_cache, capsys) -> None:
+    """``folder.layout=site``: ROOT is one client's folder (what a site holds in a deployment);
+    its items belong to no named client and none is a test item."""
+    site = folder_tree() / "client_02"
+    b = get_source("folder", {"root": str(site), "layout": "site"}).load(med_cache)
+    assert len(b) == 12 and b.clients is None and b.fixed_test is None and b.texts is None
+    assert main(["data", "check", str(site)]) == 0
+    assert "folder" in capsys.readouterr().out
+    (site / "labels.csv").write_text("id,label\nnope,normal\n")
+    assert main(["data", "check", str(site)]) == 1
+    assert f"{site / 'images'}" in capsys.readouterr().out  # its files have no label row

@@ -91,9 +91,10 @@ def test_the_cache_file_round_trips_and_is_loaded_instead_of_preparing(cfg, tmp_
     path = tmp_path / "run7-node101.pt"
     first = client_app.load_client(cfg.to_toml(), 1, "", path)
     assert path.exists()
-    _, spec, infos, _, _ = client_app._prepare(cfg, 1)
+    _, spec, infos, _, _, classes = client_app._prepare(cfg, 1, "")
     saved = client_app._read_cache(path, (cfg.to_toml(), "", 1))
     assert saved is not None and saved[1] == spec and saved[2] == infos and saved[4] is None
+    assert saved[5] == classes == first.classes
 
     def no_prepare(*a):
         raise AssertionError("prepared again instead of read from the cache file")

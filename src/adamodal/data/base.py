@@ -191,3 +191,8 @@ class DatasetSource(ABC):
 
     #: option name -> default, merged into the config as ``<dataset>.<option>``
     options_defaults: ClassVar[dict[str, object]] = {}
+    #: True for data a site brings itself (its own folder, in the data set's layout): in a
+    #: Flower deployment each site then loads only its own folder and the server only its test
+    #: set (:mod:`adamodal.runtime.sites`). False for the built-in benchmark data sets, which
+    #: every site derives its share of from the whole data set, as the simulator does.
+    site_local: ClassVar[bool] = False

@@ -29,14 +29,14 @@ def detect_layout(path: Path) -> str:
     from adamodal.data.iu_xray import ANNOTATION
     from adamodal.data.mimic_cxr import LABEL_FILES, find_csv
 
-    if client_folders(path):
+    if client_folders(path) or (path / "labels.csv").is_file():  # all sites, or one site's folder
         return "folder"
     if (path / "files").is_dir() or any(find_csv(path, f) for f in LABEL_FILES.values()):
         return "mimic_cxr"
     if (path / ANNOTATION).is_file() or next(path.rglob("*.xml"), None) is not None:
         return "iu_xray"
     raise DataError(
-        f"{path}: not a known layout: expected client_XX/ folders (folder), files/ and "
+        f"{path}: not a known layout: expected client_XX/ folders or one site's labels.csv (folder), files/ and "
         f"mimic-cxr-2.0.0-*.csv (mimic_cxr), or {ANNOTATION} / report XMLs (iu_xray)"
     )
 
@@ -49,6 +49,8 @@ def check(target: str, options_for: Mapping[str, Mapping[str, object]], cache: P
     if target not in dataset_names() and path.is_dir():
         name = detect_layout(path)
         options = {**options_for.get(name, {}), "root": str(path)}
+        if name == "folder" and (path / "labels.csv").is_file():
+            options["layout"] = "site"  # one site's own folder (a deployment's --data)
     elif target in dataset_names():
         name, options = target, dict(options_for.get(target, {}))
     else:

@@ -16,6 +16,11 @@
 patient), and ``image`` / ``text`` columns naming the files when they are not ``<id>.*``.
 Sites define the clients: the scenario keeps each folder as one client (``folder.clients =
 partition`` pools them and partitions as for any other data set instead).
+
+``folder.layout = site`` reads ROOT as *one* client's folder (``ROOT/{images/, texts/,
+labels.csv}``): what a site holds in a deployment, where it never sees the other sites'
+folders, and the layout of the server's ``test/`` folder there (see
+:mod:`adamodal.runtime.sites`).
 """
 
 from __future__ import annotations
@@ -80,8 +85,10 @@ class FolderSource(MedicalSource):
         "your own data: ROOT/client_XX/{images/,texts/,labels.csv}, one folder per client"
     )
     options_defaults: ClassVar[dict[str, object]] = {
-        "root": "", "uncertain": "zeros", "size": 64, "clients": "folders",
+        "root": "", "uncertain": "zeros", "size": 64, "clients": "folders", "layout": "clients",
     }
+    #: in a Flower deployment each site reads only its own client's folder
+    site_local: ClassVar[bool] = True
 
     def fetch(self, cache: Path) -> Path:
         """Nothing to download: the data is yours; returns ``folder.root`` once checked."""
@@ -91,17 +98,22 @@ class FolderSource(MedicalSource):
         root = root_option(self.options, self.name, "a folder of client_XX sub-folders")
         policy = choice_option(self.options, self.name, "uncertain", "zeros", UNCERTAIN_POLICIES)
         mode = choice_option(self.options, self.name, "clients", "folders", ("folders", "partition"))
-        folders = client_folders(root)
-        if not folders:
-            problems.add(root, "no client_XX sub-folders (expected ROOT/client_XX/{images/,texts/,labels.csv})")
-            return Scan([], "multiclass", [])
-        if (root / TEST_FOLDER).is_dir():
-            folders.append(root / TEST_FOLDER)
+        layout = choice_option(self.options, self.name, "layout", "clients", ("clients", "site"))
+        if layout == "site":  # ROOT is one client's folder: its items belong to no named client
+            folders, owner = [root], {root: None}
+        else:
+            folders = client_folders(root)
+            if not folders:
+                problems.add(root, "no client_XX sub-folders (expected ROOT/client_XX/{images/,texts/,labels.csv})")
+                return Scan([], "multiclass", [])
+            if (root / TEST_FOLDER).is_dir():
+                folders.append(root / TEST_FOLDER)
+            owner = {f: (f.name if f.name != TEST_FOLDER else None) for f in folders}
         header_ref: tuple[Path, list[str]] | None = None
         raw: list[tuple[Sample, dict[str, str]]] = []
         unlabelled: list[Sample] = []  # rows whose labels cannot be read: their files are still checked
         for folder in folders:
-            scanned = self._scan_client(folder, problems)
+            scanned = self._scan_client(folder, problems, owner[folder], test=layout == "clients" and owner[folder] is None)
             if scanned is None:
                 unlabelled.extend(self._client_files(folder, problems))
                 continue
@@ -144,12 +156,14 @@ class FolderSource(MedicalSource):
             for s in samples:
                 s.client = None
         return Scan(samples, task, classes,  # type: ignore[arg-type]
-                    {"root": str(root), "clients": mode, "uncertain": policy if task == "multilabel" else "-"})
+                    {"root": str(root), "clients": mode, "layout": layout,
+                     "uncertain": policy if task == "multilabel" else "-"})
 
     def _scan_client(
-        self, folder: Path, problems: Problems
+        self, folder: Path, problems: Problems, client: str | None, test: bool
     ) -> tuple[list[str], list[tuple[Sample, dict[str, str]]]] | None:
-        """The labels.csv header and ``(sample, row)`` for each usable row of one client."""
+        """The labels.csv header and ``(sample, row)`` for each usable row of one client
+        (``client``: the name its items are owned by; ``test``: a global test folder)."""
         labels = folder / "labels.csv"
         if not labels.is_file():
             problems.add(labels, "missing file (every client folder needs a labels.csv)")
@@ -168,7 +182,6 @@ class FolderSource(MedicalSource):
         used_img: set[Path] = set()
         used_txt: set[Path] = set()
         seen: set[str] = set()
-        client = folder.name if folder.name != TEST_FOLDER else None
         patient_col = "patient" if "patient" in header else ("subject_id" if "subject_id" in header else None)
         for lineno, row in enumerate(rows, start=2):
             where = f"{labels}:{lineno}"
@@ -193,7 +206,7 @@ class FolderSource(MedicalSource):
             sample = Sample(
                 id=sid, patient=patient or f"{folder.name}/{sid}", label="",
                 image=image if isinstance(image, Path) else None, text=text, source=where,
-                client=client, test=client is None,
+                client=client, test=test,
             )
             out.append((sample, row))
         for path in sorted(set(images.values()) - used_img):

@@ -56,6 +56,7 @@ class IUXraySource(MedicalSource):
     description: ClassVar[str] = (
         "IU X-ray (your copy): annotation.json + images/, or NLMCXR PNGs + report XMLs"
     )
+    site_local: ClassVar[bool] = True
     options_defaults: ClassVar[dict[str, object]] = {
         "root": "", "label": "normal", "size": 64, "reports": "",
     }

@@ -94,6 +94,7 @@ class MimicCxrSource(MedicalSource):
     description: ClassVar[str] = (
         "MIMIC-CXR-JPG (your copy): chest X-rays + reports, 14 CheXpert/NegBio findings"
     )
+    site_local: ClassVar[bool] = True
     options_defaults: ClassVar[dict[str, object]] = {
         "root": "", "labels": "chexpert", "uncertain": "zeros", "label": "findings",
         "size": 64, "reports": "", "iu_reports": False,

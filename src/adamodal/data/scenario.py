@@ -155,7 +155,7 @@ def _drop_modalities(view: View, p_img: float, p_txt: float, rng: np.random.Gene
     return View(view.idx, view.dom, has_img & ~drop_img, has_txt & ~drop_txt)
 
 
-def _test_views(bundle: Bundle, test_items: np.ndarray, holdout: int | None = None) -> dict[str, View]:
+def test_views(bundle: Bundle, test_items: np.ndarray, holdout: int | None = None) -> dict[str, View]:
     """Every (item, domain) pair for image conditions, each item once for text; each condition
     keeps only the items that have what it shows (and, with ``client_group``, only its kind's)."""
     test: dict[str, View] = {}
@@ -215,40 +215,49 @@ def check_group_integrity(bundle: Bundle) -> None:
                 )
 
 
+def _predefined_client(bundle: Bundle, cfg: dict, cid: int, items: np.ndarray, name: str) -> ClientSpec:
+    """One predefined client holding ``items``, split by group with the client's own seed
+    (``[seed, 11, cid]``): the same split whether the client is one of many folders or a site
+    that loaded only its own folder."""
+    if len(items) == 0:
+        raise DataError(f"dataset {bundle.name}: client {name} has no samples")
+    img_ok, txt_ok = bundle.image_mask(), bundle.text_mask()
+    p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
+    has_i, has_t = bool(img_ok[items].any()), bool(txt_ok[items].any())
+    group = "multimodal" if has_i and has_t else ("image_only" if has_i else "text_only")
+    spec = ClientSpec(cid=cid, group=group, domain=cid % len(bundle.domains), name=name)
+    crng = np.random.default_rng([int(cfg["seed"]), 11, cid])
+    split_groups = _split_groups(np.unique(bundle.groups[items]), float(cfg["split.val"]),
+                                 float(cfg["split.test"]), crng)
+    for split in SPLITS:
+        rows = items[np.isin(bundle.groups[items], split_groups[split])]
+        view = _view(bundle, rows, spec.domain, has_i, has_t)
+        if group == "multimodal" and (p_img > 0 or p_txt > 0):
+            view = _drop_modalities(view, p_img, p_txt, crng)
+        spec.splits[split] = view
+    return spec
+
+
+def site_client(bundle: Bundle, cfg: dict, cid: int, name: str) -> ClientSpec:
+    """Client ``cid`` when ``bundle`` is everything one site holds (a deployment's site-local
+    data): all its items are the client's, split as :func:`build_scenario` would split that
+    client's items."""
+    return _predefined_client(bundle, cfg, cid, np.arange(len(bundle)), name)
+
+
 def _predefined_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     """Clients as the data defines them (one per site folder), split by group inside each."""
     assert bundle.clients is not None
-    seed = int(cfg["seed"])
     names = bundle.client_names or []
-    n_dom = len(bundle.domains)
-    p_img, p_txt = float(cfg["missing.image"]), float(cfg["missing.text"])
-    img_ok, txt_ok = bundle.image_mask(), bundle.text_mask()
     pool = np.ones(len(bundle), bool) if bundle.fixed_test is None else ~bundle.fixed_test
-    clients: list[ClientSpec] = []
-    own_tests: list[np.ndarray] = []
-    for cid in range(len(names)):
-        items = np.flatnonzero((bundle.clients == cid) & pool)
-        if len(items) == 0:
-            raise DataError(f"dataset {bundle.name}: client {names[cid]} has no samples")
-        has_i, has_t = bool(img_ok[items].any()), bool(txt_ok[items].any())
-        group = "multimodal" if has_i and has_t else ("image_only" if has_i else "text_only")
-        spec = ClientSpec(cid=cid, group=group, domain=cid % n_dom, name=names[cid])
-        crng = np.random.default_rng([seed, 11, cid])
-        split_groups = _split_groups(np.unique(bundle.groups[items]), float(cfg["split.val"]),
-                                     float(cfg["split.test"]), crng)
-        for split in SPLITS:
-            rows = items[np.isin(bundle.groups[items], split_groups[split])]
-            view = _view(bundle, rows, spec.domain, has_i, has_t)
-            if group == "multimodal" and (p_img > 0 or p_txt > 0):
-                view = _drop_modalities(view, p_img, p_txt, crng)
-            spec.splits[split] = view
-        own_tests.append(spec.splits["test"].idx)
-        clients.append(spec)
+    clients = [_predefined_client(bundle, cfg, cid, np.flatnonzero((bundle.clients == cid) & pool), names[cid])
+               for cid in range(len(names))]
     if bundle.fixed_test is not None and bundle.fixed_test.any():
         test_items = np.flatnonzero(bundle.fixed_test)
     else:
-        test_items = np.sort(np.concatenate(own_tests)) if own_tests else np.zeros(0, np.int64)
-    return Scenario(clients=clients, test=_test_views(bundle, test_items), domains=list(bundle.domains))
+        own = [c.splits["test"].idx for c in clients]
+        test_items = np.sort(np.concatenate(own)) if own else np.zeros(0, np.int64)
+    return Scenario(clients=clients, test=test_views(bundle, test_items), domains=list(bundle.domains))
 
 
 def _route(bundle: Bundle, pool_groups: np.ndarray, group_names: list[str]) -> list[tuple[np.ndarray, list[int]]]:
@@ -399,7 +408,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
     public = View(*public_rows(bundle, _items_of(bundle.groups, public_groups), train_domains)) if len(public_groups) else None
     # 3. global test views: every (item, domain) pair for image conditions (only the held-out
     #    domain under leave-one-domain-out), each item once for text
-    return Scenario(clients=clients, test=_test_views(bundle, test_items, holdout),
+    return Scenario(clients=clients, test=test_views(bundle, test_items, holdout),
                     domains=list(bundle.domains), holdout=holdout, public=public)
 
 

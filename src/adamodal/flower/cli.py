@@ -183,11 +183,14 @@ def add_flower_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser],
     sn = fs.add_parser("supernode", help="start one site's SuperNode (client side)")
     sn.add_argument("--client-id", type=int, required=True, help="which client of the scenario this site is (0-based)")
     sn.add_argument("--data", type=Path,
-                    help="this site's data: for the built-in data sets the adamodal data cache folder "
+                    help="this site's data, and all it reads: for dataset folder one client's folder "
+                         "(images/, texts/, labels.csv), for mimic_cxr/iu_xray the site's subset in that "
+                         "layout; for the built-in benchmark data sets the adamodal data cache folder "
                          "(default: $ADAMODAL_CACHE or ~/.cache/adamodal)")
     sn.add_argument("--state", type=Path,
                     help="where the site keeps its client's state (personal parameters) between rounds, "
-                         "for resumed runs (default: DATA/flower-state)")
+                         "for resumed runs (default: flower-state/ in the adamodal data cache, i.e. "
+                         "DATA/flower-state for the built-in data sets)")
     sn.add_argument("--superlink", default=f"127.0.0.1:{DEFAULT_SUPERLINK_PORT}", metavar="HOST:PORT",
                     help="the SuperLink's address (default %(default)s)")
     sn.add_argument("--port", type=int,

@@ -2,9 +2,11 @@
 
 Which client a SuperNode is comes from its node config: ``client-id`` (a deployment,
 ``adamodal flower supernode --client-id I``) or Flower's ``partition-id`` (a simulation with
-virtual SuperNodes). Where its data is comes from ``data-path``: for the built-in data sets
-that is the adamodal data cache (the folder ``adamodal data fetch`` fills); a data set whose
-clients each own a folder reads that client's folder from it instead.
+virtual SuperNodes). Where its data is comes from ``data-path`` (``--data``): for a data set
+the sites bring themselves (``folder``, ``mimic_cxr``, ``iu_xray``) it is the site's own
+folder and nothing else is read (:mod:`adamodal.runtime.sites`); for the built-in benchmark
+data sets it is the adamodal data cache (the folder ``adamodal data fetch`` fills), from which
+the site derives its share of the simulator's partition.
 
 Flower rebuilds the ClientApp for every message, so anything kept between rounds (a method's
 personal parameters, ``ClientContext.state``) lives in Flower's ``context.state``; it is also
@@ -40,6 +42,7 @@ from adamodal.kit.tensors import Tensors
 from adamodal.methods.base import ClientContext, ClientInfo, Method
 from adamodal.model import ModelSpec
 from adamodal.runtime.clients import ClientData, client_step, derive_seed, evaluate_client
+from adamodal.runtime.sites import is_site_local, no_data_folder
 
 STATE_KEY = "adamodal.state"
 
@@ -55,8 +58,9 @@ class ClientSide:
     cfg: Any
     data: ClientData
     method: Method
-    server_view: Tensors
+    server_view: Tensors  # no rows for site-local data: the site holds none of the server's test set
     server_tests: dict[str, Tensors] | None  # prepared on demand (see load_client)
+    classes: list[str]  # the label names, declared to the server
 
 
 _CACHE: dict[tuple[str, str, int], ClientSide] = {}
@@ -84,35 +88,47 @@ def load_client(config_text: str, cid: int, data_path: str, cache_file: Path | N
     from adamodal.config import resolve
     from adamodal.methods import get_method_class
 
-    if data_path:
+    cfg = resolve(tomllib.loads(config_text))
+    if data_path and not is_site_local(cfg):
         # built-in data sets: the data path is this site's adamodal data cache
         os.environ["ADAMODAL_CACHE"] = data_path
-    cfg = resolve(tomllib.loads(config_text))
     saved = _read_cache(cache_file, key)
     if saved is None:
-        prepared = _prepare(cfg, cid)
+        prepared = _prepare(cfg, cid, data_path)
         saved = prepared
         # the server's whole test set is needed only at the last round of methods without a
         # server model: it is not cached (it would be most of the file)
-        _write_cache(cache_file, key, prepared[:4] + (None,))
+        _write_cache(cache_file, key, prepared[:4] + (None,) + prepared[5:])
     elif int(cfg["threads"]) > 0:
         torch.set_num_threads(int(cfg["threads"]))  # what prepare() does
-    data, spec, infos, server_view, server_tests = saved
+    data, spec, infos, server_view, server_tests, classes = saved
     method = get_method_class(cfg["method"])(cfg, spec, infos)
-    side = ClientSide(cfg, data, method, server_view, server_tests)
+    side = ClientSide(cfg, data, method, server_view, server_tests, list(classes))
     _CACHE.clear()  # one client per process at a time: memory O(one client)
     _CACHE[key] = side
     return side
 
 
-def _prepare(cfg: Any, cid: int) -> tuple:
-    from adamodal.runtime.simulator import prepare
+def _prepare(cfg: Any, cid: int, data_path: str) -> tuple:
+    """``(client data, model spec, client infos, server test view, server tests, label names)``.
 
+    Site-local data: this site's folder only; the method knows this client alone and there is
+    no server test set on the site. Built-in data sets, and site-local ones in a simulation
+    (virtual SuperNodes have no ``--data``; ``<dataset>.root`` holds every client): the
+    simulator's whole experiment, of which this site keeps its client."""
+    from adamodal.runtime.simulator import prepare
+    from adamodal.runtime.sites import empty_view, prepare_site
+
+    if is_site_local(cfg) and data_path:
+        site = prepare_site(cfg, cid, data_path)
+        return (site.data, site.spec, [site.declaration.info()], empty_view(site.spec), None,
+                list(site.declaration.classes))
     exp = prepare(cfg, progress=False)
     by_cid = {c.cid: c for c in exp.clients}
     if cid not in by_cid:
         raise AdamodalError(f"client-id {cid} is not in the scenario (clients 0..{len(exp.clients) - 1})")
-    return by_cid[cid], exp.spec, exp.infos(), exp.test_as_client[cid], exp.test
+    assert exp.bundle is not None
+    return by_cid[cid], exp.spec, exp.infos(), exp.test_as_client[cid], exp.test, list(exp.bundle.classes)
 
 
 def _cache_folder() -> Path | None:
@@ -192,8 +208,12 @@ def _write_cache(path: Path | None, key: tuple, value: tuple) -> None:
 def _side(context: Context) -> ClientSide:
     folder = _cache_folder()
     cache = None if folder is None else folder / f"run{context.run_id}-node{context.node_id}.pt"
-    return load_client(str(context.run_config[CONFIG_KEY]), client_id(context.node_config),
-                       str(context.node_config.get("data-path", "")), cache)
+    data_path = str(context.node_config.get("data-path", ""))
+    if not data_path and "client-id" in context.node_config:  # a deployed site, not a simulated one
+        cfg = tomllib.loads(str(context.run_config[CONFIG_KEY]))  # resolved already: names the dataset
+        if is_site_local(cfg):
+            raise no_data_folder(cfg)
+    return load_client(str(context.run_config[CONFIG_KEY]), client_id(context.node_config), data_path, cache)
 
 
 def _state_dir(side: ClientSide, context: Context) -> Path:
@@ -248,11 +268,13 @@ def _save_state(side: ClientSide, ctx: ClientContext, context: Context, rnd: int
 
 @app.query()
 def describe(msg: FlowerMessage, context: Context) -> FlowerMessage:
-    """Tell the server which client this SuperNode is (and check its data loads)."""
+    """Tell the server which client this SuperNode is (and check its data loads): its group,
+    modalities, training-set size and label names, all a site-local server learns of it."""
     side = _side(context)
     d = side.data
     return FlowerMessage(RecordDict({"client": ConfigRecord({
         "cid": d.cid, "group": d.group, "num_train": len(d.train), "modalities": ",".join(d.modalities),
+        "task": side.method.spec.task, "classes": list(side.classes),
     })}), reply_to=msg)
 
 
@@ -274,8 +296,9 @@ def evaluate(msg: FlowerMessage, context: Context) -> FlowerMessage:
     side = _side(context)
     ctl = control_of(msg.content)
     ctx = _context(side, context, 0, int(ctl["round"]))
-    if ctl.get("server_tests") and side.server_tests is None:
-        side.server_tests = _prepare(side.cfg, side.data.cid)[4]
+    data_path = str(context.node_config.get("data-path", ""))
+    if ctl.get("server_tests") and side.server_tests is None and not (is_site_local(side.cfg) and data_path):
+        side.server_tests = _prepare(side.cfg, side.data.cid, data_path)[4]  # a site-local site has none
     ev = evaluate_client(side.method, ctx, from_records(msg.content), side.server_view,
                          side.server_tests if ctl.get("server_tests") else None)
     return FlowerMessage(eval_to_records(ev), reply_to=msg)

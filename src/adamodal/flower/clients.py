@@ -8,7 +8,10 @@ when fewer than ``min_clients`` replies arrive the run stops with :class:`TooFew
 leaving the previous round's checkpoint to resume from.
 
 Which SuperNode plays which client is learned by asking each node (a ``query`` message);
-a site whose SuperNode restarts (a new node id) is picked up again at the next phase.
+a site whose SuperNode restarts (a new node id) is picked up again at the next phase. With
+site-local data the server knows no client beforehand (``infos=None``): it takes each site's
+answer as its :class:`~adamodal.runtime.sites.Declaration` and waits until every SuperNode
+online has answered and none has joined for :data:`SETTLE_S` seconds.
 
 A SuperNode that let a phase's deadline pass is not waited for again in the same round (its
 later phases count as dropped at once), and is asked again from the next round: a site that
@@ -30,6 +33,7 @@ from adamodal.errors import AdamodalError
 from adamodal.flower.records import eval_from_records, from_records, records_nbytes, to_records
 from adamodal.methods.base import ClientInfo, Message
 from adamodal.runtime.clients import ClientEval, ClientFailure, Clients
+from adamodal.runtime.sites import Declaration
 
 
 class TooFewClients(AdamodalError):
@@ -48,6 +52,9 @@ class _Received(Message):
 #: seconds between pulls for replies (Flower's own ``send_and_receive`` waits 3 s, which adds up
 #: to 3 s to every phase of every round)
 POLL_S = 0.2
+#: seconds without a new SuperNode after which a server that learns its clients from the sites
+#: stops waiting for more (every site's SuperNode is normally up before the run is submitted)
+SETTLE_S = 2.0
 
 
 def send_and_receive(grid: Grid, messages: list[FlowerMessage], timeout: float, poll_s: float = POLL_S,
@@ -75,12 +82,15 @@ def _failure(reply: FlowerMessage) -> str:
 
 
 class FlowerClients(Clients):
-    """Clients on SuperNodes, reached through ``grid``; ``infos`` is the server's scenario."""
+    """Clients on SuperNodes, reached through ``grid``; ``infos`` is the server's scenario, or
+    ``None`` when the sites declare their clients (site-local data; see :meth:`adopt`)."""
 
-    def __init__(self, grid: Grid, infos: list[ClientInfo], *, timeout: float, min_clients: int,
+    def __init__(self, grid: Grid, infos: list[ClientInfo] | None, *, timeout: float, min_clients: int,
                  log: Callable[[str], None] = print) -> None:
         self.grid = grid
-        self.infos = {c.cid: c for c in infos}
+        self.learning = infos is None
+        self.infos = {c.cid: c for c in infos or []}
+        self.declared: dict[int, Declaration] = {}  # cid -> the site's own declaration
         self.timeout = float(timeout)
         self.min_clients = int(min_clients)
         self.log = log
@@ -92,16 +102,29 @@ class FlowerClients(Clients):
     # ---- which node is which client ---------------------------------------------------
     def discover(self, wait_s: float = 0.0) -> dict[int, int]:
         """Ask every new SuperNode which client it is, for up to ``wait_s`` seconds until
-        every client of the scenario has one."""
+        every client of the scenario has one (learning: until the clients are settled)."""
         deadline = time.monotonic() + wait_s
+        last_change = time.monotonic()
         while True:
             online = set(self.grid.get_node_ids())
             new = sorted(online - self.asked)
             if new:
                 self._ask(new, online)
-            if len(self.nodes) == len(self.infos) or time.monotonic() >= deadline:
+                last_change = time.monotonic()
+            if self.learning:
+                settled = (not (online - self.asked) and self.nodes and time.monotonic() - last_change >= SETTLE_S
+                           and set(self.nodes) == set(range(max(self.nodes) + 1)))
+                if settled or time.monotonic() >= deadline:
+                    return self.nodes
+            elif len(self.nodes) == len(self.infos) or time.monotonic() >= deadline:
                 return self.nodes
             time.sleep(0.5)
+
+    def adopt(self, infos: list[ClientInfo]) -> None:
+        """The clients the run goes on with (learned from the sites' declarations): from now on
+        a site that rejoins must declare the same."""
+        self.infos = {c.cid: c for c in infos}
+        self.learning = False
 
     def _ask(self, node_ids: list[int], online: set[int]) -> None:
         msgs = [FlowerMessage(RecordDict({"hello": ConfigRecord({})}), dst_node_id=n, message_type="query")
@@ -113,7 +136,7 @@ class FlowerClients(Clients):
             claimed = {int(r.content.config_records["client"]["cid"]) for r in got
                        if not r.has_error() and "client" in r.content.config_records}
             known = {cid for cid, n in self.nodes.items() if n in online and n not in node_ids}
-            return set(self.infos) <= claimed | known
+            return not self.learning and set(self.infos) <= claimed | known
 
         replies = {r.metadata.src_node_id: r
                    for r in send_and_receive(self.grid, msgs, self.timeout, enough=every_client_answered)}
@@ -130,7 +153,11 @@ class FlowerClients(Clients):
             c = reply.content.config_records["client"]
             cid, group, num_train = int(c["cid"]), str(c["group"]), int(c["num_train"])
             info = self.infos.get(cid)
-            if info is None or info.group != group or info.num_train != num_train:
+            if self.learning:  # the site's word is all the server knows of its data
+                self.declared[cid] = Declaration(
+                    cid, group, tuple(m for m in str(c["modalities"]).split(",") if m), num_train,
+                    str(c.get("task", "")), tuple(str(x) for x in c.get("classes", [])))
+            elif info is None or info.group != group or info.num_train != num_train:
                 expected = "not in the scenario" if info is None else f"{info.group} with {info.num_train} training samples"
                 raise AdamodalError(
                     f"SuperNode {n} says it is client {cid} ({group}, {num_train} training samples) but the "

@@ -54,8 +54,8 @@ class Experiment:
     """A data set made ready for a run: features, scenario, model spec and per-client tensors."""
 
     cfg: Config
-    bundle: Bundle
-    inputs: Inputs
+    bundle: Bundle | None  # None on the server of a site-local run without a test set
+    inputs: Inputs | None
     scenario: Scenario
     spec: ModelSpec
     clients: list[ClientData]
@@ -66,8 +66,13 @@ class Experiment:
     test_as_client: dict[int, Tensors] = field(default_factory=dict)
     #: the server's public paired set (``split.public > 0``), held out from every client
     public: Tensors | None = None
+    #: the clients as they declared themselves, when the server does not hold their data
+    #: (a site-local deployment, :mod:`adamodal.runtime.sites`; ``clients`` is then empty)
+    declared: list[ClientInfo] | None = None
 
     def infos(self) -> list[ClientInfo]:
+        if self.declared is not None:
+            return list(self.declared)
         return [ClientInfo(c.cid, c.group, c.modalities, len(c.train)) for c in self.clients]
 
 
@@ -151,7 +156,7 @@ class Simulator:
 
     # ---- one round -------------------------------------------------------------------
     def sample(self, rnd: int) -> list[int]:
-        n = len(self.exp.clients)
+        n = len(self.exp.infos())
         k = max(1, int(round(float(self.cfg["participation"]) * n)))
         rng = np.random.default_rng([int(self.cfg["seed"]), rnd, 3])
         return sorted(int(c) for c in rng.choice(n, size=k, replace=False))
@@ -226,7 +231,7 @@ class Simulator:
         server_scores = {}
         if global_model is not None:
             server_scores = {cond: predict(global_model, data, task) for cond, data in self.exp.test.items()}
-        infos = {c.cid: c for c in self.exp.clients}
+        infos = {c.cid: c for c in self.exp.infos()}
         evals: dict[int, ClientEval] = self.clients.evaluate(
             rnd, {cid: method.eval_message(cid) for cid in infos}, server_tests=global_model is None and final)
         pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -244,6 +249,8 @@ class Simulator:
         for g in GROUPS:
             if g in pooled:
                 for src, dst in ((pooled, groups), (pooled_server, groups_server)):
+                    if src is pooled_server and not any(len(p[1]) for p in src[g]):
+                        continue  # no rows: sites that hold none of the server's test set
                     m = compute_metrics(np.concatenate([p[0] for p in src[g]]), np.concatenate([p[1] for p in src[g]]), task)
                     dst[g] = {k: m[k] for k in METRICS} | {"clients": len(src[g]), "n": m["n"]}
         test = {}
@@ -252,6 +259,8 @@ class Simulator:
                 m = compute_metrics(server_scores[cond], data.y.numpy(), task)
             elif final:
                 rows = [ev.test_metrics[cond] for ev in evals.values() if ev.test_metrics]
+                if not rows:
+                    continue  # the clients hold no copy of the server's test set (site-local data)
                 m = {k: float(np.nanmean([r[k] for r in rows])) for k in METRICS}
             else:
                 continue
