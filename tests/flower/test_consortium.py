@@ -1,5 +1,6 @@
 """A consortium on 127.0.0.1 with site-local data, as the README's walkthrough runs it: a
-SuperLink and three SuperNodes started with ``adamodal flower superlink/supernode`` (TLS),
+SuperLink and three SuperNodes started with ``adamodal flower superlink/supernode`` (TLS and
+SuperNode authentication: each site's key registered with ``adamodal flower register``),
 each site's SuperNode given only its own folder (site 0 image+text, site 1 images only,
 site 2 texts only), the server only ``server/`` holding ``test/``.
 
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from adamodal.cli import main
-from adamodal.flower.certs import make_certificates
+from adamodal.flower.certs import NODE_PUB, make_certificates, make_node_keys
 from adamodal.flower.localhost import Consortium, free_port, wait_port
 from tests.flower.sites import SITE_RUN, warm_caches, write_consortium
 from tests.flower.test_deploy import _kill_in_round_2
@@ -51,9 +53,17 @@ def start_superlink(c: Consortium, root: Path) -> None:
     wait_port(c.port, c._start("superlink", cmd), c.root / "superlink.log")
 
 
-def start_site(c: Consortium, root: Path, cid: int, data: Path) -> None:
+def register_sites(c: Consortium, root: Path, keys: list[Path]) -> None:
+    """``adamodal flower register`` of the sites' public keys, as the operator runs it."""
+    cmd = adamodal_command("flower", "register", *[str(k) for k in keys], "--superlink", c.address,
+                           *security_args(c), cache=root / "cache-server")
+    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+
+
+def start_site(c: Consortium, root: Path, cid: int, data: Path, key: Path) -> None:
     port = free_port()
-    cmd = adamodal_command("flower", "supernode", *security_args(c), "--client-id", str(cid), "--data", str(data),
+    cmd = adamodal_command("flower", "supernode", *security_args(c), "--node-key", str(key),
+                           "--client-id", str(cid), "--data", str(data),
                            "--superlink", c.address, "--port", str(port), "--state", str(root / f"state{cid}"),
                            cache=root / f"cache-site{cid}")
     wait_port(port, c._start(f"supernode{cid}", cmd), c.root / f"supernode{cid}.log")
@@ -83,8 +93,10 @@ def consortium(tmp_path_factory):
                 + [(server / "test", root / "cache-server")])
     with Consortium(root / "procs", certificates=root / "certs") as c:
         start_superlink(c, root)
+        keys = [make_node_keys(root / "keys" / f"site{cid}")[0] for cid in range(len(sites))]
+        register_sites(c, root, [k.with_name(NODE_PUB) for k in keys])
         for cid, site in enumerate(sites):
-            start_site(c, root, cid, site)
+            start_site(c, root, cid, site, keys[cid])
         print(f"\nfeatures cached and consortium up in {time.monotonic() - t0:.1f} s")
         yield c, sites, server, audit
     mp.undo()
