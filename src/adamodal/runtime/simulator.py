@@ -33,7 +33,7 @@ from adamodal.kit.tensors import Tensors, materialize
 from adamodal.kit.train import predict
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ClientInfo, Message, Method
-from adamodal.metrics import METRICS, clean, compute_metrics
+from adamodal.metrics import METRICS, clean, compute_metrics, metrics_from_stats, sum_stats
 from adamodal.model import ModelSpec
 from adamodal.runtime.clients import (
     ClientData,
@@ -213,6 +213,11 @@ class Simulator:
     def evaluate(self, rnd: int) -> dict[str, Any]:
         """Per client on its own test split, pooled per group; the server's test set three ways.
 
+        Per-client metrics are what the clients computed on their rows; the per-group tables
+        come from the sum of the group's clients' statistics (binned macro-AUC, exact F1 and
+        accuracy: :mod:`adamodal.metrics`), under every runtime. The server's own test set,
+        which the server holds, is scored exactly.
+
         Methods without a server model are scored on the server's test set with every client's
         model, averaged; that costs clients x test rows, so it is done at the last round only.
         """
@@ -229,22 +234,22 @@ class Simulator:
         infos = {c.cid: c for c in self.exp.clients}
         evals: dict[int, ClientEval] = self.clients.evaluate(
             rnd, {cid: method.eval_message(cid) for cid in infos}, server_tests=global_model is None and final)
-        pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        pooled_server: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        # pooled per group from the clients' summed statistics: no row leaves a client
+        pooled: dict[str, list[dict[str, np.ndarray]]] = {}
+        pooled_server: dict[str, list[dict[str, np.ndarray]]] = {}
         for cid, ev in sorted(evals.items()):
             group = infos[cid].group
-            metrics = compute_metrics(ev.scores, ev.y, task)
             self.state.records.append(clean({
-                "round": rnd, "client": cid, "group": group, **metrics,
+                "round": rnd, "client": cid, "group": group, **ev.metrics,
                 "bytes_up": self.state.bytes_up.get(cid, 0), "bytes_down": self.state.bytes_down.get(cid, 0),
             }))
-            pooled.setdefault(group, []).append((ev.scores, ev.y))
-            pooled_server.setdefault(group, []).append((ev.server_scores, ev.server_y))
+            pooled.setdefault(group, []).append(ev.stats)
+            pooled_server.setdefault(group, []).append(ev.server_stats)
         groups, groups_server = {}, {}
         for g in GROUPS:
             if g in pooled:
                 for src, dst in ((pooled, groups), (pooled_server, groups_server)):
-                    m = compute_metrics(np.concatenate([p[0] for p in src[g]]), np.concatenate([p[1] for p in src[g]]), task)
+                    m = metrics_from_stats(sum_stats(src[g]), task)
                     dst[g] = {k: m[k] for k in METRICS} | {"clients": len(src[g]), "n": m["n"]}
         test = {}
         for cond, data in self.exp.test.items():
