@@ -6,7 +6,12 @@ training rows, or an array holding a row equal (to 1e-5 relative) to one of the 
 input rows (image or text features) or its labels. Such payloads are allowed only where the
 method's documented mode says so (:meth:`Method.shares_per_sample`: ``central`` moves raw
 data; AdaModal-Fed with ``share=embeddings``); the detector is shown to fire in both.
-Also: differential privacy's epsilon from the RDP accountant, and DP runs in summary.json.
+Evaluation replies are audited as they go on the wire (Flower records): no array may have an
+axis as long as the client's test rows or its view of the server's test set, and none may hold
+their labels; only metrics and summed statistics leave. The audit is shown to catch the old
+per-row report (scores and labels).
+Also: differential privacy's epsilon from the RDP accountant (with its adjacency), and DP runs
+in summary.json.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ import math
 import numpy as np
 import pytest
 
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from adamodal.flower.records import eval_to_records
 from adamodal.kit.privacy import add_noise, clip_update, gaussian_epsilon
 from adamodal.methods import method_names
 from adamodal.methods.base import Message
-from adamodal.runtime.clients import ClientFailure
+from adamodal.metrics import SCORE_BINS
+from adamodal.runtime.clients import ClientEval, ClientFailure
 from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
@@ -52,12 +61,44 @@ def per_sample_leaks(msg: Message, train) -> list[str]:
     return leaks
 
 
+def eval_leaks(rd: RecordDict, rows: dict[str, object]) -> list[str]:
+    """What in an evaluation reply, as Flower records, is per-row for a client whose test split
+    and server-test view are ``rows`` (name -> Tensors): an array with an axis as long as
+    either, or an array holding their labels."""
+    leaks = []
+    for record in rd.array_records.values():
+        for key, arr in record.items():
+            a = arr.numpy()
+            for name, data in rows.items():
+                y = data.y.numpy()
+                if len(y) in a.shape:
+                    leaks.append(f"{key}: axis of length {name} rows={len(y)}")
+                elif a.size >= y.size > 1 and y.dtype.kind in "iu" and _holds(a.ravel(), y.ravel()):
+                    leaks.append(f"{key}: holds the {name} labels")
+    return leaks
+
+
+def _holds(flat: np.ndarray, seq: np.ndarray) -> bool:
+    """Whether ``seq`` occurs as a contiguous run in ``flat``."""
+    windows = np.lib.stride_tricks.sliding_window_view(flat, len(seq))
+    return bool((windows == seq).all(axis=1).any())
+
+
+def check_rows_are_distinguishable(rows: dict[str, object], num_classes: int) -> None:
+    """The audit tells rows by their count: a split as long as the class count or the bin count
+    would make it ambiguous, so that is ruled out first (the fixture's sizes are far apart)."""
+    for name, data in rows.items():
+        assert len(data) not in (num_classes, SCORE_BINS), f"{name}: {len(data)} rows, pick another fixture"
+
+
 def record_run(exp, tmp_path):
-    """Run ``exp`` and return every (round, phase, cid, reply) that left a client, plus the sim."""
+    """Run ``exp`` and return every (round, phase, cid, reply) that left a client, plus the sim;
+    ``sim.evals`` holds every evaluation reply as (round, cid, ClientEval)."""
     sim = Simulator(exp, tmp_path, progress=False)
     sent = []
     sim.asked = set()  # every client the method sent a message to
-    step = sim.clients.step
+    sim.evals = []
+    step, evaluate = sim.clients.step, sim.clients.evaluate
 
     def recording(phase, rnd, p_idx, messages):
         sim.asked.update(messages)
@@ -65,7 +106,13 @@ def record_run(exp, tmp_path):
         sent.extend((rnd, phase, cid, r) for cid, r in replies.items() if not isinstance(r, ClientFailure))
         return replies
 
+    def recording_eval(rnd, messages, server_tests):
+        evals = evaluate(rnd, messages, server_tests)
+        sim.evals.extend((rnd, cid, ev) for cid, ev in evals.items())
+        return evals
+
     sim.clients.step = recording
+    sim.clients.evaluate = recording_eval
     summary = sim.run()
     return sent, sim, summary
 
@@ -94,6 +141,14 @@ def test_no_raw_input_or_per_sample_tensor_leaves_a_client(experiment_for, tmp_p
     assert {cid for _, _, cid, _ in sent} == sim.asked
     if method not in ("local", "fedclip"):
         assert sim.asked == set(data)
+    # evaluation: every client, every evaluated round, sends no row of any split, whatever the
+    # method shares in training
+    clients = {c.cid: {"test": c.test, "server-view": exp.test_as_client[c.cid]} for c in exp.clients}
+    for rows in clients.values():
+        check_rows_are_distinguishable(rows, exp.spec.num_classes)
+    assert {(rnd, cid) for rnd, cid, _ in sim.evals} == {(r, c) for r in (0, 1) for c in clients}
+    eval_leaks_seen = {(rnd, cid): eval_leaks(eval_to_records(ev), clients[cid]) for rnd, cid, ev in sim.evals}
+    assert not any(eval_leaks_seen.values()), f"{method}: per-row evaluation payload: {eval_leaks_seen}"
 
 
 def test_detector_catches_a_disguised_row(small_experiment):
@@ -103,6 +158,34 @@ def test_detector_catches_a_disguised_row(small_experiment):
     assert per_sample_leaks(Message({"c_txt": padded}), train) == ["c_txt: contains a raw text row"]
     assert per_sample_leaks(Message({"y": np.zeros(len(train))}), train)
     assert per_sample_leaks(Message({"c_txt": padded + 0.01}), train) == []
+
+
+def test_evaluation_replies_carry_no_row(small_experiment, tmp_path):
+    """Every client's evaluation reply passes the audit, and the audit catches per-row content:
+    the report evaluation used to send (each row's scores and labels), and labels tucked into
+    a statistic-shaped array."""
+    exp = with_config(small_experiment, method="fedavg")
+    sim = Simulator(exp, tmp_path, progress=False)
+    sim.method.init_server()
+    evals = sim.clients.evaluate(0, {c.cid: sim.method.eval_message(c.cid) for c in exp.clients}, server_tests=True)
+    for c in exp.clients:
+        rows = {"test": c.test, "server-view": exp.test_as_client[c.cid]}
+        check_rows_are_distinguishable(rows, exp.spec.num_classes)
+        rd = eval_to_records(evals[c.cid])
+        assert eval_leaks(rd, rows) == []
+        assert all(not isinstance(v, (list, bytes)) for v in rd.config_records["scalars"].values())  # scalars only
+    c = exp.clients[0]
+    rows = {"test": c.test, "server-view": exp.test_as_client[c.cid]}
+    y = c.test.y.numpy()
+    old = RecordDict({"arrays": ArrayRecord({
+        "scores": Array(np.full((len(y), exp.spec.num_classes), 0.1, np.float32)), "y": Array(y)}),
+        "scalars": ConfigRecord({})})
+    assert eval_leaks(old, rows) == [f"scores: axis of length test rows={len(y)}", f"y: axis of length test rows={len(y)}"]
+    hidden = np.zeros((exp.spec.num_classes, SCORE_BINS), np.int64)
+    hidden.ravel()[100:100 + len(y)] = y  # the labels in a histogram-shaped array
+    ev = evals[c.cid]
+    disguised = ClientEval(ev.metrics, {**ev.stats, "pos": hidden}, ev.server_stats)
+    assert eval_leaks(eval_to_records(disguised), rows) == ["stats.pos: holds the test labels"]
 
 
 # ---- differential privacy -------------------------------------------------------------------
