@@ -24,7 +24,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from adamodal.flower.records import eval_to_records
-from adamodal.kit.privacy import add_noise, clip_update, gaussian_epsilon
+from adamodal.kit.privacy import add_noise, clip_update, dp_report, gaussian_epsilon
 from adamodal.methods import method_names
 from adamodal.methods.base import Message
 from adamodal.metrics import SCORE_BINS
@@ -220,8 +220,12 @@ def test_dp_fedavg_reports_epsilon_and_clips_uploads(small_experiment, tmp_path,
     exp = with_config(small_experiment, method="fedavg", rounds=1, **{"dp__noise": 1.0, "dp__clip": 0.5, "dp__mode": mode})
     sent, sim, summary = record_run(exp, tmp_path)
     p = summary["privacy"]
-    assert p["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 1, 1e-5), rel=1e-3)
+    # replace-one adjacency (the default): sensitivity 2 x clip, so the accountant sees z / 2
+    assert p["adjacency"] == "replace" and p["sensitivity"] == 1.0
+    assert p["epsilon"] == pytest.approx(gaussian_epsilon(0.5, 1, 1e-5), rel=1e-3)
     assert p["noise_multiplier"] == 1.0 and p["clip"] == 0.5 and p["steps"] == 1
+    assert any("loss" in u for u in p["unnoised"]) and any("evaluation" in u for u in p["unnoised"])
+    assert any("clipped update" in u for u in p["unnoised"]) == (mode == "server")
     initial = sim.method.initial_params()
     for _, _, _, msg in sent:
         delta = np.sqrt(sum(float(np.sum((msg.arrays[k].astype(np.float64) - v) ** 2))
@@ -231,6 +235,27 @@ def test_dp_fedavg_reports_epsilon_and_clips_uploads(small_experiment, tmp_path,
             assert delta <= 0.5 + 1e-3  # clipped, not noised, on the client
         else:
             assert delta == pytest.approx(0.5 * math.sqrt(n_float), rel=0.05)  # noise dominates
+
+
+def test_adjacency_sets_the_sensitivity():
+    """Replace-one: a clipped update can move by twice the clip, so epsilon is that of half the
+    noise multiplier, without amplification by sampling; add/remove: the clip, with it."""
+    rep = dp_report("m", 1.0, 1.0, 20, 1e-5, 0.5)
+    assert rep["adjacency"] == "replace" and rep["sensitivity"] == 2.0 and rep["sample_rate"] == 1.0
+    assert rep["epsilon"] == pytest.approx(gaussian_epsilon(0.5, 20, 1e-5), rel=1e-3)
+    ar = dp_report("m", 1.0, 1.0, 20, 1e-5, 0.5, adjacency="add_remove", unnoised=["counts"])
+    assert ar["sensitivity"] == 1.0 and ar["unnoised"] == ["counts"]
+    assert ar["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 20, 1e-5, 0.5), rel=1e-3)
+    assert rep["epsilon"] > 2 * ar["epsilon"]  # the stronger neighbourhood costs more than double here
+    with pytest.raises(ValueError, match="adjacency"):
+        dp_report("m", 1.0, 1.0, 20, 1e-5, adjacency="swap")
+
+
+def test_add_remove_adjacency_from_the_config(small_experiment, tmp_path):
+    exp = with_config(small_experiment, method="fedavg", rounds=1, local_epochs=1,
+                      **{"dp__noise": 1.0, "dp__adjacency": "add_remove"})
+    p = Simulator(exp, tmp_path, progress=False).run()["privacy"]
+    assert p["adjacency"] == "add_remove" and p["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 1, 1e-5), rel=1e-3)
 
 
 def test_no_dp_no_privacy_entry(small_experiment, tmp_path):
@@ -245,5 +270,7 @@ def test_adamodal_summaries_report_epsilon(small_experiment):
     m = get_method_class("adamodal")(exp.cfg, exp.spec, exp.infos())
     rep = m.privacy_report(10)
     k_total = 8 * 2  # k_local centroids per modality, two modalities
-    assert rep["epsilon"] == pytest.approx(gaussian_epsilon(4.0 / math.sqrt(k_total), 10, 1e-5), rel=1e-3)
-    assert "counts" in rep["covers"]
+    # replace-one: each centroid can move by 2 x dp_clip, hence half the effective multiplier
+    assert rep["adjacency"] == "replace" and rep["sensitivity"] == 2 * rep["clip"]
+    assert rep["epsilon"] == pytest.approx(gaussian_epsilon(4.0 / math.sqrt(k_total) / 2, 10, 1e-5), rel=1e-3)
+    assert {"centroid counts", "centroid label histograms"} <= set(rep["unnoised"])
