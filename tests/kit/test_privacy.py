@@ -20,7 +20,6 @@ import math
 
 import numpy as np
 import pytest
-
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from adamodal.flower.records import eval_to_records

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adamodal.methods.adamodal.summarize import Knowledge, client_summary, cluster_summaries, summarize_rows
+from adamodal.methods.adamodal.summarize import (
+    Knowledge,
+    client_summary,
+    cluster_summaries,
+    summarize_rows,
+)
 from tests.methods.adamodal.conftest import toy_knowledge
 
 
