@@ -271,5 +271,6 @@ def test_adamodal_summaries_report_epsilon(small_experiment):
     k_total = 8 * 2  # k_local centroids per modality, two modalities
     # replace-one: each centroid can move by 2 x dp_clip, hence half the effective multiplier
     assert rep["adjacency"] == "replace" and rep["sensitivity"] == 2 * rep["clip"]
+    assert rep["clip"] == pytest.approx(rep["centroid_clip"] * math.sqrt(k_total))
     assert rep["epsilon"] == pytest.approx(gaussian_epsilon(4.0 / math.sqrt(k_total) / 2, 10, 1e-5), rel=1e-3)
     assert {"centroid counts", "centroid label histograms"} <= set(rep["unnoised"])
