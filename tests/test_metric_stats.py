@@ -51,6 +51,15 @@ def _multiclass(rng, n: int, c: int, margin: float):
     return _softmax(z), y
 
 
+def _saturated(rng, n: int, c: int, scale: float, margin: float):
+    """A model with huge weights (noise-swamped, say): logits of spread ``scale``, float32
+    probabilities spread over tens of logit units, many of them tiny or exactly 0 or 1."""
+    y = rng.integers(0, c, n)
+    z = rng.normal(size=(n, c)) * scale
+    z[np.arange(n), y] += margin * scale
+    return _softmax(z), y
+
+
 def _multilabel(rng, n: int, c: int, margin: float, unknown: float = 0.0):
     """Sigmoid outputs for findings of prevalence 2-40%, ``unknown`` of the entries NaN."""
     y = (rng.random((n, c)) < rng.uniform(0.02, 0.4, c)).astype(np.float32)
@@ -103,14 +112,36 @@ def test_binned_macro_auc_is_within_tolerance_on_realistic_scores(task):
     assert worst < TOLERANCE
 
 
-def test_too_few_bins_would_not_be_within_tolerance(monkeypatch):
-    """The bin count matters: with 8 bins the same check fails (the test can tell)."""
+def test_binned_macro_auc_is_within_tolerance_on_saturated_scores():
+    """Scores of models whose logits spread over 5 to 200 units (as after DP noise): most
+    probabilities far below 1e-7, which bins ending at a logit of -16 would all tie."""
+    worst = 0.0
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        for scale in (5, 20, 50, 200):
+            for margin in (0.0, 0.5, 2.0):
+                parts = [_saturated(rng, 200, 9, scale, margin) for _ in range(2)]
+                worst = max(worst, abs(_pooled(parts, "multiclass", 9)["macro_auc"]
+                                       - _exact(parts, "multiclass")["macro_auc"]))
+    print(f"saturated: max |binned - exact| macro-AUC = {worst:.5f}")
+    assert worst < TOLERANCE
+
+
+@pytest.mark.parametrize("width", [2.0, None])
+def test_coarse_or_short_bins_would_not_be_within_tolerance(monkeypatch, width):
+    """The binning matters (the tests can tell): bins 2 logit units wide miss on realistic
+    scores, bins that end at a logit of -16 miss on saturated ones."""
     import adamodal.metrics as metrics
 
-    monkeypatch.setattr(metrics, "SCORE_BINS", 8)
     rng = np.random.default_rng(0)
-    parts = [_multiclass(rng, 2000, 10, 1.0)]
-    assert abs(_pooled(parts, "multiclass", 10)["macro_auc"] - _exact(parts, "multiclass")["macro_auc"]) > TOLERANCE
+    if width is not None:
+        monkeypatch.setattr(metrics, "BIN_WIDTH", width)
+        parts = [_multiclass(rng, 2000, 10, 1.0)]
+    else:
+        monkeypatch.setattr(metrics, "LOGIT_LOW", -16.0)
+        parts = [_saturated(rng, 400, 9, 50, 0.5)]
+    assert abs(_pooled(parts, "multiclass", 10 if width else 9)["macro_auc"]
+               - _exact(parts, "multiclass")["macro_auc"]) > TOLERANCE
 
 
 def test_statistics_have_no_per_row_axis():
@@ -127,10 +158,12 @@ def test_statistics_have_no_per_row_axis():
     assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in METRICS)
 
 
-def test_the_simulators_group_tables_are_the_binned_metrics_of_the_rows(small_experiment, tmp_path):
+@pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp-noise"])
+def test_the_simulators_group_tables_are_the_binned_metrics_of_the_rows(small_experiment, tmp_path, dp):
     """A real run: each group's pooled table is within tolerance of the metrics of its clients'
-    concatenated rows (exact for F1 and accuracy), and per-client records are exact."""
-    exp = with_config(small_experiment, method="fedavg", rounds=1, local_epochs=1)
+    concatenated rows (exact for F1 and accuracy), and per-client records are exact; also for
+    a model swamped by DP noise (saturated scores)."""
+    exp = with_config(small_experiment, method="fedavg", rounds=1, local_epochs=1, dp__noise=1.0 if dp else 0.0)
     sim = Simulator(exp, tmp_path, progress=False)
     summary = sim.run()
     task = exp.spec.task
