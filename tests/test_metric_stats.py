@@ -18,6 +18,7 @@ from adamodal.metrics import (
     compute_metrics,
     metric_stats,
     metrics_from_stats,
+    stats_problem,
     sum_stats,
 )
 from adamodal.runtime.simulator import Simulator
@@ -187,3 +188,32 @@ def test_the_simulators_group_tables_are_the_binned_metrics_of_the_rows(small_ex
             assert table[g]["accuracy"] == pytest.approx(exact["accuracy"], abs=1e-12)
             assert table[g]["macro_f1"] == pytest.approx(exact["macro_f1"], abs=1e-12)
     print(f"run: max |binned - exact| group macro-AUC = {max(gaps):.5f} over {len(gaps)} tables")
+
+
+def test_a_malformed_report_is_named_and_left_out(small_experiment, tmp_path):
+    """Statistics are checked before they are summed: a report with a wrong shape, a negative
+    or fractional count or a missing array is dropped with the reason; the tables go on."""
+    rng = np.random.default_rng(2)
+    good = metric_stats(*_multiclass(rng, 30, 4, 2.0), "multiclass", 4)
+    assert stats_problem(good, 4) is None
+    assert "shape" in stats_problem(good, 5)
+    assert "non-negative" in stats_problem({**good, "tp": good["tp"] - 100}, 4)
+    assert "non-negative" in stats_problem({**good, "pos": good["pos"] + 0.5}, 4)
+    assert stats_problem({k: v for k, v in good.items() if k != "n"}, 4) == "no 'n'"
+
+    exp = with_config(small_experiment, method="fedavg", rounds=1, local_epochs=1)
+    sim = Simulator(exp, tmp_path, progress=False)
+    evaluate = sim.clients.evaluate
+
+    def tampered(rnd, messages, server_tests):
+        evals = evaluate(rnd, messages, server_tests)
+        evals[1].server_stats["pos"] = evals[1].server_stats["pos"][:, :10]
+        return evals
+
+    sim.clients.evaluate = tampered
+    summary = sim.run()
+    assert [(d["round"], d["client"], d["phase"]) for d in summary["dropped"]] == [(0, 1, "evaluate"), (1, 1, "evaluate")]
+    assert "'pos' has shape" in summary["dropped"][0]["reason"]
+    group = exp.clients[1].group
+    expected = sum(1 for c in exp.clients if c.group == group) - 1
+    assert summary["groups"].get(group, {}).get("clients", 0) == expected

@@ -202,6 +202,23 @@ def metric_stats(scores: np.ndarray, y: np.ndarray, task: str, num_classes: int)
     return out
 
 
+def stats_problem(stats: dict[str, np.ndarray], num_classes: int) -> str | None:
+    """Why ``stats`` cannot be a :func:`metric_stats` result for ``num_classes`` classes (a
+    missing array, a shape, a negative or non-integer count), or None: a client's report is
+    checked before it is summed with the others."""
+    shapes = {"pos": (num_classes, bin_count()), "neg": (num_classes, bin_count()),
+              "tp": (num_classes,), "fp": (num_classes,), "fn": (num_classes,)}
+    for k in STATS:
+        if k not in stats:
+            return f"no {k!r}"
+        a = np.asarray(stats[k])
+        if a.shape != shapes.get(k, ()):
+            return f"{k!r} has shape {a.shape}, expected {shapes.get(k, ())}"
+        if a.dtype.kind not in "iu" or (a.size and a.min() < 0):
+            return f"{k!r} is not a non-negative integer count"
+    return None
+
+
 def sum_stats(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The statistics of the union of the parts' rows (element-wise sums)."""
     if not parts:

@@ -3,6 +3,7 @@ against a fake Grid, command lines, certificates."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,8 @@ def test_eval_round_trip():
     ev = ClientEval({"macro_auc": 0.75, "accuracy": float("nan"), "n": 6}, stats, server,
                     {"both": {"macro_auc": 0.5, "accuracy": 0.25, "n": 40}})
     back = eval_from_records(eval_to_records(ev))
+    pickled = pickle.loads(pickle.dumps(ev))  # plain data: a worker process can return it
+    assert pickled.metrics["n"] == 6 and np.array_equal(pickled.stats["pos"], stats["pos"])
     for k in STATS:  # every statistic, dtype and shape kept exactly
         for a, b in ((back.stats[k], stats[k]), (back.server_stats[k], server[k])):
             assert a.dtype == b.dtype and a.shape == b.shape

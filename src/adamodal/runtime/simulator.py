@@ -33,7 +33,7 @@ from adamodal.kit.tensors import Tensors, materialize
 from adamodal.kit.train import predict
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ClientInfo, Message, Method
-from adamodal.metrics import METRICS, clean, compute_metrics, metrics_from_stats, sum_stats
+from adamodal.metrics import METRICS, clean, compute_metrics, metrics_from_stats, stats_problem, sum_stats
 from adamodal.model import ModelSpec
 from adamodal.runtime.clients import (
     ClientData,
@@ -239,6 +239,13 @@ class Simulator:
         pooled_server: dict[str, list[dict[str, np.ndarray]]] = {}
         for cid, ev in sorted(evals.items()):
             group = infos[cid].group
+            problem = stats_problem(ev.stats, self.exp.spec.num_classes) or stats_problem(
+                ev.server_stats, self.exp.spec.num_classes)
+            if problem:  # a malformed report is left out of the tables, with the reason
+                self.state.dropped.append({"round": rnd, "phase": "evaluate", "client": cid,
+                                           "reason": f"invalid evaluation report: {problem}"})
+                del evals[cid]
+                continue
             self.state.records.append(clean({
                 "round": rnd, "client": cid, "group": group, **ev.metrics,
                 "bytes_up": self.state.bytes_up.get(cid, 0), "bytes_down": self.state.bytes_down.get(cid, 0),
