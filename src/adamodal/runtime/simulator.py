@@ -33,7 +33,14 @@ from adamodal.kit.tensors import Tensors, materialize
 from adamodal.kit.train import predict
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ClientInfo, Message, Method
-from adamodal.metrics import METRICS, clean, compute_metrics, metrics_from_stats, stats_problem, sum_stats
+from adamodal.metrics import (
+    METRICS,
+    clean,
+    compute_metrics,
+    metrics_from_stats,
+    stats_problem,
+    sum_stats,
+)
 from adamodal.model import ModelSpec
 from adamodal.runtime.clients import (
     ClientData,
