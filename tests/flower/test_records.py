@@ -81,6 +81,10 @@ def test_eval_round_trip():
     del rd.array_records["arrays"]["stats.pos"]
     with pytest.raises(AdamodalError, match="stats lacks pos"):
         eval_from_records(rd)
+    rd = eval_to_records(ev)
+    rd.config_records["scalars"]["metrics.n"] = float("nan")  # not a count
+    with pytest.raises(AdamodalError, match="malformed evaluation report"):
+        eval_from_records(rd)
 
 
 class FakeGrid:

@@ -87,7 +87,14 @@ def eval_to_records(ev: ClientEval) -> RecordDict:
 
 
 def eval_from_records(rd: RecordDict) -> ClientEval:
-    """Inverse of :func:`eval_to_records`."""
+    """Inverse of :func:`eval_to_records`; a report that cannot be one is a protocol error."""
+    try:
+        return _eval_from_records(rd)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise AdamodalError(f"malformed evaluation report: {type(exc).__name__}: {exc}") from None
+
+
+def _eval_from_records(rd: RecordDict) -> ClientEval:
     msg = from_records(rd)
     a, s = msg.arrays, dict(msg.scalars)
     stats = {k.removeprefix(EVAL_STATS): v for k, v in a.items() if k.startswith(EVAL_STATS)}

@@ -254,7 +254,8 @@ class Simulator:
                 del evals[cid]
                 continue
             self.state.records.append(clean({
-                "round": rnd, "client": cid, "group": group, **ev.metrics,
+                "round": rnd, "client": cid, "group": group,
+                **{k: ev.metrics[k] for k in (*METRICS, "n") if k in ev.metrics},  # nothing else
                 "bytes_up": self.state.bytes_up.get(cid, 0), "bytes_down": self.state.bytes_down.get(cid, 0),
             }))
             pooled.setdefault(group, []).append(ev.stats)
