@@ -1,7 +1,8 @@
-"""What differential privacy costs on the emoji default: epsilon (RDP accountant, delta 1e-5)
-and macro-AUC against the same run without DP, for client-level DP of FedAvg's uploads (both
-modes) and AdaModal-Fed's noised summaries. Also the honest clients' update norms, which the
-``max_update_norm`` default must stay far above.
+"""What differential privacy costs on the emoji default: epsilon (RDP accountant, delta 1e-5,
+under the run's ``dp.adjacency``, replace-one by default) and macro-AUC against the same run
+without DP, for client-level DP of FedAvg's uploads (both modes) and AdaModal-Fed's noised
+summaries. Also the honest clients' update norms, which the ``max_update_norm`` default must
+stay far above.
 
     .venv/bin/python benchmarks/dp_cost.py [--rounds 20] [--seed 0] [--out runs/bench-dp]
 
@@ -60,7 +61,7 @@ def main() -> None:
         rows[name] = {
             "macro_auc_both": s["test"]["both"]["macro_auc"],
             "macro_auc": {g: m["macro_auc"] for g, m in s["groups"].items()},
-            "epsilon": priv.get("epsilon"), "delta": priv.get("delta"),
+            "epsilon": priv.get("epsilon"), "delta": priv.get("delta"), "adjacency": priv.get("adjacency"),
             "update_norm_median": float(np.median(norms)) if norms else None,
             "update_norm_max": float(np.max(norms)) if norms else None,
             "wall_s": round(time.perf_counter() - t0, 1), "dropped": len(s["dropped"]),
@@ -69,10 +70,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = [f"DP cost on the emoji default, {args.rounds} rounds, seed {args.seed}", "",
-             "| variant | epsilon (delta 1e-5) | server test macro-AUC | image+text | image-only | text-only | update norm median / max |",
+             "| variant | epsilon (delta 1e-5; adjacency) | server test macro-AUC | image+text | image-only | text-only | update norm median / max |",
              "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        eps = "-" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        eps = "-" if r["epsilon"] is None else f"{r['epsilon']:.2f} ({r['adjacency']})"
         g = r["macro_auc"]
         lines.append(f"| {name} | {eps} | {r['macro_auc_both']:.3f} | {g.get('multimodal', float('nan')):.3f} | "
                      f"{g.get('image_only', float('nan')):.3f} | {g.get('text_only', float('nan')):.3f} | "

@@ -77,6 +77,9 @@ CORE_DEFAULTS: dict[str, Any] = {
     "dp.clip": 1.0,
     "dp.delta": 1e-5,
     "dp.mode": "client",
+    # neighbouring data sets for epsilon: one client's data replaced (sensitivity 2 x clip) or
+    # the client added/removed (1 x clip); see kit/privacy.py for why replace is the default
+    "dp.adjacency": "replace",
 }
 
 #: keys whose value must be one of a fixed set (methods and data sets are checked by name)
@@ -87,6 +90,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model": ("cnn", "mlp"),
     "text_model": ("bow",),
     "dp.mode": ("client", "server"),
+    "dp.adjacency": ("replace", "add_remove"),
 }
 
 #: (low, high, low_inclusive, high_inclusive) bounds for numeric keys

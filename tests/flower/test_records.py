@@ -3,6 +3,7 @@ against a fake Grid, command lines, certificates."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from adamodal.flower.records import (
     to_records,
 )
 from adamodal.methods.base import ClientInfo, Message
+from adamodal.metrics import STATS, metric_stats
 from adamodal.runtime.clients import ClientEval, ClientFailure
 
 
@@ -58,14 +60,31 @@ def test_malformed_message_is_a_clear_error():
 
 
 def test_eval_round_trip():
-    ev = ClientEval(np.full((4, 3), 1 / 3, dtype=np.float32), np.arange(4) % 3, np.zeros((2, 3), np.float32),
-                    np.array([0, 1]), {"both": {"macro_auc": 0.5, "accuracy": 0.25}})
+    rng = np.random.default_rng(0)
+    scores = rng.dirichlet(np.ones(3), size=6).astype(np.float32)
+    stats = metric_stats(scores, np.arange(6) % 3, "multiclass", 3)
+    server = metric_stats(scores[:2], np.array([0, 1]), "multiclass", 3)
+    ev = ClientEval({"macro_auc": 0.75, "accuracy": float("nan"), "n": 6}, stats, server,
+                    {"both": {"macro_auc": 0.5, "accuracy": 0.25, "n": 40}})
     back = eval_from_records(eval_to_records(ev))
-    np.testing.assert_array_equal(back.scores, ev.scores)
-    np.testing.assert_array_equal(back.server_y, ev.server_y)
+    pickled = pickle.loads(pickle.dumps(ev))  # plain data: a worker process can return it
+    assert pickled.metrics["n"] == 6 and np.array_equal(pickled.stats["pos"], stats["pos"])
+    for k in STATS:  # every statistic, dtype and shape kept exactly
+        for a, b in ((back.stats[k], stats[k]), (back.server_stats[k], server[k])):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    assert back.metrics["macro_auc"] == 0.75 and back.metrics["n"] == 6 and np.isnan(back.metrics["accuracy"])
     assert back.test_metrics == ev.test_metrics
     ev.test_metrics = None
     assert eval_from_records(eval_to_records(ev)).test_metrics is None
+    rd = eval_to_records(ev)
+    del rd.array_records["arrays"]["stats.pos"]
+    with pytest.raises(AdamodalError, match="stats lacks pos"):
+        eval_from_records(rd)
+    rd = eval_to_records(ev)
+    rd.config_records["scalars"]["metrics.n"] = float("nan")  # not a count
+    with pytest.raises(AdamodalError, match="malformed evaluation report"):
+        eval_from_records(rd)
 
 
 class FakeGrid:

@@ -6,7 +6,12 @@ training rows, or an array holding a row equal (to 1e-5 relative) to one of the 
 input rows (image or text features) or its labels. Such payloads are allowed only where the
 method's documented mode says so (:meth:`Method.shares_per_sample`: ``central`` moves raw
 data; AdaModal-Fed with ``share=embeddings``); the detector is shown to fire in both.
-Also: differential privacy's epsilon from the RDP accountant, and DP runs in summary.json.
+Evaluation replies are audited as they go on the wire (Flower records): no array may have an
+axis as long as the client's test rows or its view of the server's test set, and none may hold
+their labels; only metrics and summed statistics leave. The audit is shown to catch the old
+per-row report (scores and labels).
+Also: differential privacy's epsilon from the RDP accountant (with its adjacency), and DP runs
+in summary.json.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import math
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from adamodal.kit.privacy import add_noise, clip_update, gaussian_epsilon
+from adamodal.flower.records import eval_to_records
+from adamodal.kit.privacy import add_noise, clip_update, dp_report, gaussian_epsilon
 from adamodal.methods import method_names
 from adamodal.methods.base import Message
-from adamodal.runtime.clients import ClientFailure
+from adamodal.metrics import SCORE_BINS
+from adamodal.runtime.clients import ClientEval, ClientFailure
 from adamodal.runtime.simulator import Simulator
 from tests.conftest import with_config
 
@@ -52,12 +60,44 @@ def per_sample_leaks(msg: Message, train) -> list[str]:
     return leaks
 
 
+def eval_leaks(rd: RecordDict, rows: dict[str, object]) -> list[str]:
+    """What in an evaluation reply, as Flower records, is per-row for a client whose test split
+    and server-test view are ``rows`` (name -> Tensors): an array with an axis as long as
+    either, or an array holding their labels."""
+    leaks = []
+    for record in rd.array_records.values():
+        for key, arr in record.items():
+            a = arr.numpy()
+            for name, data in rows.items():
+                y = data.y.numpy()
+                if len(y) in a.shape:
+                    leaks.append(f"{key}: axis of length {name} rows={len(y)}")
+                elif a.size >= y.size > 1 and y.dtype.kind in "iu" and _holds(a.ravel(), y.ravel()):
+                    leaks.append(f"{key}: holds the {name} labels")
+    return leaks
+
+
+def _holds(flat: np.ndarray, seq: np.ndarray) -> bool:
+    """Whether ``seq`` occurs as a contiguous run in ``flat``."""
+    windows = np.lib.stride_tricks.sliding_window_view(flat, len(seq))
+    return bool((windows == seq).all(axis=1).any())
+
+
+def check_rows_are_distinguishable(rows: dict[str, object], num_classes: int) -> None:
+    """The audit tells rows by their count: a split as long as the class count or the bin count
+    would make it ambiguous, so that is ruled out first (the fixture's sizes are far apart)."""
+    for name, data in rows.items():
+        assert len(data) not in (num_classes, SCORE_BINS), f"{name}: {len(data)} rows, pick another fixture"
+
+
 def record_run(exp, tmp_path):
-    """Run ``exp`` and return every (round, phase, cid, reply) that left a client, plus the sim."""
+    """Run ``exp`` and return every (round, phase, cid, reply) that left a client, plus the sim;
+    ``sim.evals`` holds every evaluation reply as (round, cid, ClientEval)."""
     sim = Simulator(exp, tmp_path, progress=False)
     sent = []
     sim.asked = set()  # every client the method sent a message to
-    step = sim.clients.step
+    sim.evals = []
+    step, evaluate = sim.clients.step, sim.clients.evaluate
 
     def recording(phase, rnd, p_idx, messages):
         sim.asked.update(messages)
@@ -65,7 +105,13 @@ def record_run(exp, tmp_path):
         sent.extend((rnd, phase, cid, r) for cid, r in replies.items() if not isinstance(r, ClientFailure))
         return replies
 
+    def recording_eval(rnd, messages, server_tests):
+        evals = evaluate(rnd, messages, server_tests)
+        sim.evals.extend((rnd, cid, ev) for cid, ev in evals.items())
+        return evals
+
     sim.clients.step = recording
+    sim.clients.evaluate = recording_eval
     summary = sim.run()
     return sent, sim, summary
 
@@ -94,6 +140,16 @@ def test_no_raw_input_or_per_sample_tensor_leaves_a_client(experiment_for, tmp_p
     assert {cid for _, _, cid, _ in sent} == sim.asked
     if method not in ("local", "fedclip"):
         assert sim.asked == set(data)
+    # evaluation: every client, every evaluated round, sends no row of any split, whatever the
+    # method shares in training
+    clients = {c.cid: {"test": c.test, "server-view": exp.test_as_client[c.cid]} for c in exp.clients}
+    for rows in clients.values():
+        check_rows_are_distinguishable(rows, exp.spec.num_classes)
+    assert {(rnd, cid) for rnd, cid, _ in sim.evals} == {(r, c) for r in (0, 1) for c in clients}
+    eval_leaks_seen = {(rnd, cid): eval_leaks(eval_to_records(ev), clients[cid]) for rnd, cid, ev in sim.evals}
+    assert not any(eval_leaks_seen.values()), f"{method}: per-row evaluation payload: {eval_leaks_seen}"
+    print(f"privacy: {method} evaluation: {len(sim.evals)} replies inspected, "
+          f"{sum(len(ev.stats) + len(ev.server_stats) for *_, ev in sim.evals)} arrays, 0 per-row")
 
 
 def test_detector_catches_a_disguised_row(small_experiment):
@@ -103,6 +159,34 @@ def test_detector_catches_a_disguised_row(small_experiment):
     assert per_sample_leaks(Message({"c_txt": padded}), train) == ["c_txt: contains a raw text row"]
     assert per_sample_leaks(Message({"y": np.zeros(len(train))}), train)
     assert per_sample_leaks(Message({"c_txt": padded + 0.01}), train) == []
+
+
+def test_evaluation_replies_carry_no_row(small_experiment, tmp_path):
+    """Every client's evaluation reply passes the audit, and the audit catches per-row content:
+    the report evaluation used to send (each row's scores and labels), and labels tucked into
+    a statistic-shaped array."""
+    exp = with_config(small_experiment, method="fedavg")
+    sim = Simulator(exp, tmp_path, progress=False)
+    sim.method.init_server()
+    evals = sim.clients.evaluate(0, {c.cid: sim.method.eval_message(c.cid) for c in exp.clients}, server_tests=True)
+    for c in exp.clients:
+        rows = {"test": c.test, "server-view": exp.test_as_client[c.cid]}
+        check_rows_are_distinguishable(rows, exp.spec.num_classes)
+        rd = eval_to_records(evals[c.cid])
+        assert eval_leaks(rd, rows) == []
+        assert all(not isinstance(v, (list, bytes)) for v in rd.config_records["scalars"].values())  # scalars only
+    c = exp.clients[0]
+    rows = {"test": c.test, "server-view": exp.test_as_client[c.cid]}
+    y = c.test.y.numpy()
+    old = RecordDict({"arrays": ArrayRecord({
+        "scores": Array(np.full((len(y), exp.spec.num_classes), 0.1, np.float32)), "y": Array(y)}),
+        "scalars": ConfigRecord({})})
+    assert eval_leaks(old, rows) == [f"scores: axis of length test rows={len(y)}", f"y: axis of length test rows={len(y)}"]
+    hidden = np.zeros((exp.spec.num_classes, SCORE_BINS), np.int64)
+    hidden.ravel()[100:100 + len(y)] = y  # the labels in a histogram-shaped array
+    ev = evals[c.cid]
+    disguised = ClientEval(ev.metrics, {**ev.stats, "pos": hidden}, ev.server_stats)
+    assert eval_leaks(eval_to_records(disguised), rows) == ["stats.pos: holds the test labels"]
 
 
 # ---- differential privacy -------------------------------------------------------------------
@@ -137,8 +221,12 @@ def test_dp_fedavg_reports_epsilon_and_clips_uploads(small_experiment, tmp_path,
     exp = with_config(small_experiment, method="fedavg", rounds=1, **{"dp__noise": 1.0, "dp__clip": 0.5, "dp__mode": mode})
     sent, sim, summary = record_run(exp, tmp_path)
     p = summary["privacy"]
-    assert p["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 1, 1e-5), rel=1e-3)
+    # replace-one adjacency (the default): sensitivity 2 x clip, so the accountant sees z / 2
+    assert p["adjacency"] == "replace" and p["sensitivity"] == 1.0
+    assert p["epsilon"] == pytest.approx(gaussian_epsilon(0.5, 1, 1e-5), rel=1e-3)
     assert p["noise_multiplier"] == 1.0 and p["clip"] == 0.5 and p["steps"] == 1
+    assert any("loss" in u for u in p["unnoised"]) and any("evaluation" in u for u in p["unnoised"])
+    assert any("clipped update" in u for u in p["unnoised"]) == (mode == "server")
     initial = sim.method.initial_params()
     for _, _, _, msg in sent:
         delta = np.sqrt(sum(float(np.sum((msg.arrays[k].astype(np.float64) - v) ** 2))
@@ -148,6 +236,27 @@ def test_dp_fedavg_reports_epsilon_and_clips_uploads(small_experiment, tmp_path,
             assert delta <= 0.5 + 1e-3  # clipped, not noised, on the client
         else:
             assert delta == pytest.approx(0.5 * math.sqrt(n_float), rel=0.05)  # noise dominates
+
+
+def test_adjacency_sets_the_sensitivity():
+    """Replace-one: a clipped update can move by twice the clip, so epsilon is that of half the
+    noise multiplier, without amplification by sampling; add/remove: the clip, with it."""
+    rep = dp_report("m", 1.0, 1.0, 20, 1e-5, 0.5)
+    assert rep["adjacency"] == "replace" and rep["sensitivity"] == 2.0 and rep["sample_rate"] == 1.0
+    assert rep["epsilon"] == pytest.approx(gaussian_epsilon(0.5, 20, 1e-5), rel=1e-3)
+    ar = dp_report("m", 1.0, 1.0, 20, 1e-5, 0.5, adjacency="add_remove", unnoised=["counts"])
+    assert ar["sensitivity"] == 1.0 and ar["unnoised"] == ["counts"]
+    assert ar["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 20, 1e-5, 0.5), rel=1e-3)
+    assert rep["epsilon"] > 2 * ar["epsilon"]  # the stronger neighbourhood costs more than double here
+    with pytest.raises(ValueError, match="adjacency"):
+        dp_report("m", 1.0, 1.0, 20, 1e-5, adjacency="swap")
+
+
+def test_add_remove_adjacency_from_the_config(small_experiment, tmp_path):
+    exp = with_config(small_experiment, method="fedavg", rounds=1, local_epochs=1,
+                      **{"dp__noise": 1.0, "dp__adjacency": "add_remove"})
+    p = Simulator(exp, tmp_path, progress=False).run()["privacy"]
+    assert p["adjacency"] == "add_remove" and p["epsilon"] == pytest.approx(gaussian_epsilon(1.0, 1, 1e-5), rel=1e-3)
 
 
 def test_no_dp_no_privacy_entry(small_experiment, tmp_path):
@@ -162,5 +271,8 @@ def test_adamodal_summaries_report_epsilon(small_experiment):
     m = get_method_class("adamodal")(exp.cfg, exp.spec, exp.infos())
     rep = m.privacy_report(10)
     k_total = 8 * 2  # k_local centroids per modality, two modalities
-    assert rep["epsilon"] == pytest.approx(gaussian_epsilon(4.0 / math.sqrt(k_total), 10, 1e-5), rel=1e-3)
-    assert "counts" in rep["covers"]
+    # replace-one: each centroid can move by 2 x dp_clip, hence half the effective multiplier
+    assert rep["adjacency"] == "replace" and rep["sensitivity"] == 2 * rep["clip"]
+    assert rep["clip"] == pytest.approx(rep["centroid_clip"] * math.sqrt(k_total))
+    assert rep["epsilon"] == pytest.approx(gaussian_epsilon(4.0 / math.sqrt(k_total) / 2, 10, 1e-5), rel=1e-3)
+    assert {"centroid counts", "centroid label histograms"} <= set(rep["unnoised"])

@@ -240,7 +240,10 @@ class FlowerClients(Clients):
                 self.log(f"round {rnd} evaluate: client {cid} not evaluated "
                          f"({reply if isinstance(reply, str) else _failure(reply)})")
                 continue
-            evals[cid] = eval_from_records(reply.content)
+            try:
+                evals[cid] = eval_from_records(reply.content)
+            except AdamodalError as exc:
+                self.log(f"round {rnd} evaluate: client {cid} not evaluated ({exc})")
         return evals
 
     def state(self) -> dict[int, dict[str, Any]]:

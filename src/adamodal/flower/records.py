@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from adamodal.errors import AdamodalError
 from adamodal.methods.base import Message
+from adamodal.metrics import STATS
 from adamodal.runtime.clients import ClientEval
 
 ARRAYS = "arrays"
@@ -61,26 +62,54 @@ def records_nbytes(rd: RecordDict) -> int:
     return total
 
 
+#: the key prefixes of an evaluation report: statistics of the client's own test split and of
+#: its view of the server's test set (arrays), its own metrics and server-test metrics (scalars)
+EVAL_STATS, EVAL_SERVER_STATS, EVAL_METRICS, EVAL_TEST = "stats.", "server_stats.", "metrics.", "test."
+
+
+def _number(key: str, v: Any) -> int | float:
+    return int(v) if key == "n" else float(v)
+
+
 def eval_to_records(ev: ClientEval) -> RecordDict:
-    """A client's evaluation report: its scores and labels (and server-test metrics)."""
-    arrays = {"scores": ev.scores, "y": ev.y, "server_scores": ev.server_scores, "server_y": ev.server_y}
-    metrics: dict[str, Any] = {}
+    """A client's evaluation report: its metrics and summed statistics (and server-test
+    metrics), never a row's score or label."""
+    arrays = {EVAL_STATS + k: v for k, v in ev.stats.items()}
+    arrays.update({EVAL_SERVER_STATS + k: v for k, v in ev.server_stats.items()})
+    scalars: dict[str, Any] = {"has_test_metrics": ev.test_metrics is not None}
+    scalars.update({EVAL_METRICS + k: _number(k, v) for k, v in ev.metrics.items()})
     for cond, m in (ev.test_metrics or {}).items():
-        metrics.update({f"{cond}.{k}": float(v) for k, v in m.items()})
+        scalars.update({f"{EVAL_TEST}{cond}.{k}": _number(k, v) for k, v in m.items()})
     return RecordDict({
         ARRAYS: ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()}),
-        SCALARS: ConfigRecord({"has_test_metrics": ev.test_metrics is not None, **metrics}),
+        SCALARS: ConfigRecord(scalars),
     })
 
 
 def eval_from_records(rd: RecordDict) -> ClientEval:
+    """Inverse of :func:`eval_to_records`; a report that cannot be one is a protocol error."""
+    try:
+        return _eval_from_records(rd)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise AdamodalError(f"malformed evaluation report: {type(exc).__name__}: {exc}") from None
+
+
+def _eval_from_records(rd: RecordDict) -> ClientEval:
     msg = from_records(rd)
     a, s = msg.arrays, dict(msg.scalars)
-    test_metrics = None
-    if s.pop("has_test_metrics", False):
+    stats = {k.removeprefix(EVAL_STATS): v for k, v in a.items() if k.startswith(EVAL_STATS)}
+    server_stats = {k.removeprefix(EVAL_SERVER_STATS): v for k, v in a.items() if k.startswith(EVAL_SERVER_STATS)}
+    metrics = {k.removeprefix(EVAL_METRICS): _number(k.removeprefix(EVAL_METRICS), v)
+               for k, v in s.items() if k.startswith(EVAL_METRICS)}
+    for name, part in (("stats", stats), ("server_stats", server_stats)):
+        missing = [k for k in STATS if k not in part]
+        if missing:
+            raise AdamodalError(f"malformed evaluation report: {name} lacks {', '.join(missing)}")
+    test_metrics: dict[str, dict[str, float]] | None = None
+    if s.get("has_test_metrics", False):
         test_metrics = {}
         for key, v in s.items():
-            cond, metric = key.split(".", 1)
-            test_metrics.setdefault(cond, {})[metric] = float(v)
-    return ClientEval(scores=a["scores"], y=a["y"], server_scores=a["server_scores"],
-                      server_y=a["server_y"], test_metrics=test_metrics)
+            if key.startswith(EVAL_TEST):
+                cond, metric = key.removeprefix(EVAL_TEST).split(".", 1)
+                test_metrics.setdefault(cond, {})[metric] = _number(metric, v)
+    return ClientEval(metrics=metrics, stats=stats, server_stats=server_stats, test_metrics=test_metrics)

@@ -12,14 +12,28 @@ Two mechanisms use it:
 * AdaModal-Fed's summaries (``adamodal.dp_sigma``, ``adamodal.dp_clip``): every centroid is
   clipped and noised on the client.
 
-Neighbouring data sets differ by one whole client (add/remove; a client that is absent
-contributes the zero update), so the L2 sensitivity of one clipped update is ``clip``. The
-epsilon comes from Opacus' RDP accountant (Mironov 2017; Mironov, Talwar, Zhang 2019) at
-``dp.delta``: ``rounds`` compositions of the sampled Gaussian mechanism with noise multiplier
-``dp.noise``. In ``client`` mode the server sees who took part, so there is no amplification
-by sampling (sample rate 1); in ``server`` mode the sample rate is ``participation`` (clients
-are drawn as a fixed-size sample, which the accountant treats as Poisson sampling at that rate,
-the usual approximation).
+Neighbouring data sets differ by one whole client (client-level DP), in one of two senses,
+named in every report as ``adjacency``:
+
+* ``replace`` (replace-one, the default): the client is there either way, with any data in
+  place of its own. This is the sense that fits what the server sees: every upload arrives
+  under its client's identity, in a fixed consortium, so "was this client taking part" is no
+  secret worth a guarantee; what its data was is. Two clipped updates of norm at most ``clip``
+  can differ by ``2 * clip``, so the L2 sensitivity is ``2 * clip`` and the accountant runs
+  with the noise multiplier halved (``noise_multiplier / 2``). The accountant's amplification
+  by sampling (Opacus) is an add/remove analysis, so none is claimed here (sample rate 1).
+* ``add_remove``: the client is absent from one data set and contributes the zero update, so
+  the sensitivity is ``clip``; amplification by sampling at ``participation`` applies in
+  ``dp.mode=server``. It answers a weaker question (membership in a consortium the server
+  knows), and gives about half the epsilon.
+
+The epsilon comes from Opacus' RDP accountant (Mironov 2017; Mironov, Talwar, Zhang 2019) at
+``dp.delta``: ``rounds`` compositions of the (sampled) Gaussian mechanism. In ``client`` mode the
+server sees who took part, so there is no amplification by sampling in either sense; in
+``server`` mode under ``add_remove`` the sample rate is ``participation`` (clients are drawn as
+a fixed-size sample, which the accountant treats as Poisson sampling at that rate, the usual
+approximation). Every report lists under ``unnoised`` what else leaves a client without noise
+(counts, losses, evaluation statistics, ...): the epsilon says nothing about those.
 """
 
 from __future__ import annotations
@@ -68,13 +82,32 @@ def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float, sample_r
     return float(eps)
 
 
+ADJACENCIES = ("replace", "add_remove")
+
+
+def accounting(noise_multiplier: float, sample_rate: float, adjacency: str) -> tuple[float, float]:
+    """(noise multiplier, sample rate) the add/remove accountant is run with for a Gaussian
+    mechanism of ``noise_multiplier`` (noise std over the clip) under ``adjacency``."""
+    if adjacency == "replace":
+        return noise_multiplier / 2.0, 1.0  # sensitivity 2 * clip; no amplification claimed
+    if adjacency == "add_remove":
+        return noise_multiplier, sample_rate
+    raise ValueError(f"unknown adjacency {adjacency!r}; expected one of {', '.join(ADJACENCIES)}")
+
+
 def dp_report(mechanism: str, noise_multiplier: float, clip: float, steps: int, delta: float,
-              sample_rate: float = 1.0, **extra: Any) -> dict[str, Any]:
-    """The ``privacy`` entry of ``summary.json``."""
-    eps = gaussian_epsilon(noise_multiplier, steps, delta, sample_rate)
+              sample_rate: float = 1.0, *, adjacency: str = "replace", unnoised: list[str] | None = None,
+              **extra: Any) -> dict[str, Any]:
+    """The ``privacy`` entry of ``summary.json``: epsilon under ``adjacency``, with the
+    sensitivity and the accountant's inputs it follows from, and what goes up un-noised."""
+    z, q = accounting(noise_multiplier, sample_rate, adjacency)
+    eps = gaussian_epsilon(z, steps, delta, q)
     return {
-        "mechanism": mechanism, "accountant": "rdp (opacus)", "unit": "client",
+        "mechanism": mechanism, "accountant": "rdp (opacus)", "unit": "client", "adjacency": adjacency,
         "epsilon": round(eps, 4) if math.isfinite(eps) else None, "delta": delta,
-        "noise_multiplier": noise_multiplier, "clip": clip, "steps": steps, "sample_rate": sample_rate,
+        "noise_multiplier": noise_multiplier, "clip": clip,
+        "sensitivity": clip * (2.0 if adjacency == "replace" else 1.0),
+        "accountant_noise_multiplier": z, "steps": steps, "sample_rate": q,
+        "unnoised": list(unnoised or []),
         **extra,
     }

@@ -108,14 +108,22 @@ class FedAvg(Method):
                 for k, v in params.items()}
 
     def privacy_report(self, rounds: int) -> dict[str, Any] | None:
+        """Epsilon of the clipped, noised parameter updates under ``dp.adjacency``; what else
+        leaves a client un-noised is listed (the epsilon does not cover it)."""
         if not self.dp_on:
             return None
         client = self.cfg["dp.mode"] == "client"
+        unnoised = ["num_examples and training loss (scalars of every update)",
+                    "evaluation reports: test-split metrics and statistics (score histograms, "
+                    "confusion and label counts)"]
+        if not client:
+            unnoised.insert(0, "each client's clipped update, towards the server (noise is added to the mean)")
         return dp_report(
             "gaussian on each clipped parameter upload (client side)" if client
             else "gaussian on the mean of clipped parameter uploads (server side, DP-FedAvg)",
             float(self.cfg["dp.noise"]), float(self.cfg["dp.clip"]), rounds, float(self.cfg["dp.delta"]),
-            1.0 if client else float(self.cfg["participation"]), aggregation=str(self.cfg["aggregation"]),
+            1.0 if client else float(self.cfg["participation"]), adjacency=str(self.cfg["dp.adjacency"]),
+            unnoised=unnoised, aggregation=str(self.cfg["aggregation"]),
         )
 
     def reply_schema(self, phase: str, rnd: int, cid: int, sent: Message) -> dict[str, ArraySpec] | None:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from adamodal.kit.tensors import Tensors
 from adamodal.kit.train import predict
 from adamodal.methods.base import ClientContext, Message, Method
-from adamodal.metrics import compute_metrics
+from adamodal.metrics import compute_metrics, metric_stats
 from adamodal.runtime.validate import check_incoming
 
 
@@ -56,14 +56,17 @@ class ClientFailure:
 
 @dataclass
 class ClientEval:
-    """What a client reports after evaluating: scores and labels of its own test split and of
-    the server's test set seen with its modalities and vendor (pooled per group by the server),
-    and, when asked, its model's metrics on the server's test set (methods with no server model)."""
+    """What a client reports after evaluating, never a row's score or label: its model's
+    metrics on its own test split (exact, computed where the rows are), the sufficient
+    statistics (:func:`~adamodal.metrics.metric_stats`: counts summed over rows) of its own
+    test split and of the server's test set seen with its modalities and vendor, which the
+    server adds up per group, and, when asked, its model's metrics on the server's test set
+    (methods with no server model). Plain numbers and numpy arrays, so it pickles and travels
+    as Flower records."""
 
-    scores: np.ndarray
-    y: np.ndarray
-    server_scores: np.ndarray
-    server_y: np.ndarray
+    metrics: dict[str, float]
+    stats: dict[str, np.ndarray]
+    server_stats: dict[str, np.ndarray]
     test_metrics: dict[str, dict[str, float]] | None = None
 
 
@@ -137,9 +140,10 @@ class PredictionMemo:
 def evaluate_client(method: Method, ctx: ClientContext, msg: Message, server_view: Tensors,
                     server_tests: dict[str, Tensors] | None = None,
                     memo: PredictionMemo | None = None) -> ClientEval:
-    """Score a client's model on its own test split and on the server test view (with
-    ``memo``, a model already scored on the same data is not scored again)."""
-    task = ctx.spec.task
+    """Score a client's model on its own test split and on the server test view and reduce the
+    scores to metrics and summed statistics here, on the client (with ``memo``, a model
+    already scored on the same data is not scored again)."""
+    task, num_classes = ctx.spec.task, ctx.spec.num_classes
     model = method.client_model(ctx, msg)
     if memo is None:
         def score(data: Tensors) -> np.ndarray:
@@ -153,9 +157,10 @@ def evaluate_client(method: Method, ctx: ClientContext, msg: Message, server_vie
     if server_tests is not None:
         test_metrics = {cond: compute_metrics(score(data), data.y.numpy(), task)
                         for cond, data in server_tests.items()}
+    own, y = score(ctx.test), ctx.test.y.numpy()
     return ClientEval(
-        scores=score(ctx.test), y=ctx.test.y.numpy(),
-        server_scores=score(server_view), server_y=server_view.y.numpy(),
+        metrics=compute_metrics(own, y, task), stats=metric_stats(own, y, task, num_classes),
+        server_stats=metric_stats(score(server_view), server_view.y.numpy(), task, num_classes),
         test_metrics=test_metrics,
     )
 

@@ -33,7 +33,14 @@ from adamodal.kit.tensors import Tensors, materialize
 from adamodal.kit.train import predict
 from adamodal.methods import get_method_class
 from adamodal.methods.base import ClientInfo, Message, Method
-from adamodal.metrics import METRICS, clean, compute_metrics
+from adamodal.metrics import (
+    METRICS,
+    clean,
+    compute_metrics,
+    metrics_from_stats,
+    stats_problem,
+    sum_stats,
+)
 from adamodal.model import ModelSpec
 from adamodal.runtime.clients import (
     ClientData,
@@ -218,6 +225,11 @@ class Simulator:
     def evaluate(self, rnd: int) -> dict[str, Any]:
         """Per client on its own test split, pooled per group; the server's test set three ways.
 
+        Per-client metrics are what the clients computed on their rows; the per-group tables
+        come from the sum of the group's clients' statistics (binned macro-AUC, exact F1 and
+        accuracy: :mod:`adamodal.metrics`), under every runtime. The server's own test set,
+        which the server holds, is scored exactly.
+
         Methods without a server model are scored on the server's test set with every client's
         model, averaged; that costs clients x test rows, so it is done at the last round only.
         """
@@ -234,24 +246,33 @@ class Simulator:
         infos = {c.cid: c for c in self.exp.infos()}
         evals: dict[int, ClientEval] = self.clients.evaluate(
             rnd, {cid: method.eval_message(cid) for cid in infos}, server_tests=global_model is None and final)
-        pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        pooled_server: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        # pooled per group from the clients' summed statistics: no row leaves a client
+        pooled: dict[str, list[dict[str, np.ndarray]]] = {}
+        pooled_server: dict[str, list[dict[str, np.ndarray]]] = {}
         for cid, ev in sorted(evals.items()):
             group = infos[cid].group
-            metrics = compute_metrics(ev.scores, ev.y, task)
+            problem = stats_problem(ev.stats, self.exp.spec.num_classes) or stats_problem(
+                ev.server_stats, self.exp.spec.num_classes)
+            if problem:  # a malformed report is left out of the tables, with the reason
+                self.state.dropped.append({"round": rnd, "phase": "evaluate", "client": cid,
+                                           "reason": f"invalid evaluation report: {problem}"})
+                del evals[cid]
+                continue
             self.state.records.append(clean({
-                "round": rnd, "client": cid, "group": group, **metrics,
+                "round": rnd, "client": cid, "group": group,
+                **{k: ev.metrics[k] for k in (*METRICS, "n") if k in ev.metrics},  # nothing else
                 "bytes_up": self.state.bytes_up.get(cid, 0), "bytes_down": self.state.bytes_down.get(cid, 0),
             }))
-            pooled.setdefault(group, []).append((ev.scores, ev.y))
-            pooled_server.setdefault(group, []).append((ev.server_scores, ev.server_y))
+            pooled.setdefault(group, []).append(ev.stats)
+            pooled_server.setdefault(group, []).append(ev.server_stats)
         groups, groups_server = {}, {}
         for g in GROUPS:
             if g in pooled:
                 for src, dst in ((pooled, groups), (pooled_server, groups_server)):
-                    if src is pooled_server and not any(len(p[1]) for p in src[g]):
+                    summed = sum_stats(src[g])
+                    if src is pooled_server and int(summed["n"]) == 0:
                         continue  # no rows: sites that hold none of the server's test set
-                    m = compute_metrics(np.concatenate([p[0] for p in src[g]]), np.concatenate([p[1] for p in src[g]]), task)
+                    m = metrics_from_stats(summed, task)
                     dst[g] = {k: m[k] for k in METRICS} | {"clients": len(src[g]), "n": m["n"]}
         test = {}
         for cond, data in self.exp.test.items():

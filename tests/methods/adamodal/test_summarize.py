@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adamodal.methods.adamodal.summarize import Knowledge, cluster_summaries, summarize_rows
+from adamodal.methods.adamodal.summarize import (
+    Knowledge,
+    client_summary,
+    cluster_summaries,
+    summarize_rows,
+)
 from tests.methods.adamodal.conftest import toy_knowledge
 
 
@@ -30,6 +35,32 @@ def test_every_centroid_averages_at_least_min_count_rows():
         assert hist.sum() == n and np.array_equal(hist.sum(1), counts)
         for row in x:  # no centroid is a row
             assert np.abs(c - row).max(1).min() > 1e-6
+
+
+def test_a_client_below_min_count_times_k_sends_a_true_summary_or_nothing():
+    """What actually leaves a client (``client_summary``, DP off): with fewer rows than
+    ``min_count * k_local`` the client sends fewer centroids, each the mean of at least
+    ``min_count`` of its rows (counts say how many), or nothing at all; never a row."""
+    rng = np.random.default_rng(3)
+    min_count, k_local = 3, 8
+    for n in (1, 2, 3, 5, 11, 23):  # all below 3 * 8 = 24
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        reps = {"image": torch.as_tensor(x), "text": torch.as_tensor(x[:, ::-1].copy())}
+        rows = {"image": torch.ones(n, dtype=torch.bool), "text": torch.arange(n) % 2 == 0}
+        out = client_summary(reps, rows, rng.integers(0, 3, n), 3, k_local=k_local, min_count=min_count,
+                             share_rows=False, clip=1.0, sigma=0.0, rng=np.random.default_rng(0))
+        for m, s in (("image", "img"), ("text", "txt")):
+            have = int(rows[m].sum())
+            if have < min_count:
+                assert f"c_{s}" not in out and f"n_{s}" not in out  # nothing rather than rows
+                continue
+            c, counts = out[f"c_{s}"], out[f"n_{s}"]
+            assert len(c) <= have // min_count and counts.min() >= min_count and counts.sum() == have
+            data = reps[m].numpy()[rows[m].numpy()]
+            for row in data:
+                assert np.abs(c - row).max(1).min() > 1e-6
+            if len(c) == 1:  # one centroid: exactly the mean of all the client's rows
+                np.testing.assert_allclose(c[0], data.mean(0), rtol=1e-5, atol=1e-6)
 
 
 def _replies(perm, seed=0, clients=4, k=4, dim=8, noise=0.05, shuffle_labels=False):

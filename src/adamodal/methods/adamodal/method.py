@@ -217,9 +217,9 @@ class AdaModalFed(Method):
     def privacy_report(self, rounds: int) -> dict[str, Any] | None:
         """Epsilon of the noised summaries: per round a client releases at most ``k_local``
         centroids per modality, each clipped to ``dp_clip`` and noised with std
-        ``dp_sigma * dp_clip``; a whole client's data moves each of them by at most
-        ``dp_clip``, so the summary's sensitivity is ``dp_clip * sqrt(k_local * modalities)``.
-        Counts, label histograms and model updates are not covered (stated in the report)."""
+        ``dp_sigma * dp_clip``; one client's data moves each by ``2 * dp_clip`` under replace-one
+        adjacency (the default; add/remove: ``dp_clip``), so the summary's ``clip`` is ``dp_clip *
+        sqrt(k_local * modalities)``. What goes up without noise is listed in ``unnoised``."""
         sigma = float(self.opt["dp_sigma"])
         if sigma <= 0:
             return None
@@ -229,9 +229,11 @@ class AdaModalFed(Method):
         k_total = int(self.opt["k_local"]) * len(self.spec.modalities)
         return dp_report(
             "gaussian on clipped summary centroids (client side)", sigma / float(np.sqrt(k_total)),
-            float(self.opt["dp_clip"]), rounds, float(self.cfg.get("dp.delta", 1e-5)), 1.0,
-            covers="summary centroids only; counts, label histograms and model updates are sent without noise",
-        )
+            float(self.opt["dp_clip"]) * float(np.sqrt(k_total)), rounds, float(self.cfg.get("dp.delta", 1e-5)),
+            1.0, adjacency=str(self.cfg.get("dp.adjacency", "replace")), centroid_clip=float(self.opt["dp_clip"]),
+            centroids=k_total, unnoised=[
+                "centroid counts", "centroid label histograms", "model updates (warm-up, train)",
+                "num_examples and validation scalars", "evaluation reports (test metrics, statistics)"])
 
     def eval_message(self, cid: int) -> Message:
         return self.broadcast()
