@@ -10,14 +10,14 @@ come back in the clients' order. So ``workers=N`` gives exactly what ``workers=1
 long as every worker uses the same number of torch threads as the in-process run (``threads``,
 1 by default): only where a client runs changes, never what it computes.
 
-Workers start with ``spawn`` (forking a process that has used torch is unsafe). A worker costs
-a Python process that imports torch (1.5-3 s on this project's machine) and a copy of its
-clients' data, so ``workers=0`` (automatic, the default) starts them only when the work still
-to come is worth it: the run begins in process, and once the clients' measured time projects
-at least :data:`AUTO_MIN_REMAINING_S` seconds of remaining client work, the workers start in
-the background while the run goes on in process; it moves to them at the next phase after
-all of them are ready (the clients' state goes along). On a GPU, or with ``batch_clients``,
-the automatic choice is no workers: one device is shared, and batching is its faster path.
+Starting workers costs seconds (a fork server that imports torch, see
+:mod:`adamodal.runtime.pool`) and a copy of the clients' data, so ``workers=0`` (automatic, the
+default) starts them only when the work still to come is worth it: the run begins in process,
+and once the clients' measured time projects at least :data:`AUTO_MIN_REMAINING_S` seconds of
+client work in the remaining rounds, the workers start in the background while the run goes
+on in process; it moves to them at the first phase after all of them are ready (the clients'
+state goes along). On a GPU, or with ``batch_clients``, the automatic choice is no workers:
+the clients share one device, whose faster path is batching.
 """
 
 from __future__ import annotations
@@ -103,8 +103,11 @@ class WorkerClients(InProcessClients):
         self.infos = list(method.clients.values())
         self.pool: Pool | None = None
         self.in_use = False
+        #: whether a phase waits for workers still starting (else it runs in process meanwhile)
+        self.wait_for_workers = not auto
         self.client_s = 0.0  # seconds of client work done in process (auto mode)
         self.rounds_seen: set[int] = set()
+        self.local_calls = self.worker_calls = 0  # phases and evaluations run here / in the workers
         if not auto:
             self.start()
 
@@ -123,7 +126,7 @@ class WorkerClients(InProcessClients):
         """Move to the workers once all are ready (waiting for them unless automatic)."""
         if self.in_use:
             return True
-        if self.pool is None or not self.pool.ready(block=not self.auto):
+        if self.pool is None or not self.pool.ready(block=self.wait_for_workers):
             return False
         self._send_state(self.states)
         self.states, self.in_use = {}, True
@@ -140,10 +143,12 @@ class WorkerClients(InProcessClients):
 
     def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
         if not self._pool_ready():
+            self.local_calls += 1
             t0 = time.perf_counter()
             out = super().step(phase, rnd, p_idx, messages)
             self._account(rnd, time.perf_counter() - t0)
             return out
+        self.worker_calls += 1
         what = f"round {rnd} {phase}"
         merged = self.pool.call("step", messages, lambda i, msgs: (phase, rnd, p_idx, msgs), what,
                                 float(self.cfg.get("client_timeout", 0.0) or 0.0), self._bar(what, len(messages)))
@@ -151,10 +156,12 @@ class WorkerClients(InProcessClients):
 
     def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
         if not self._pool_ready():
+            self.local_calls += 1
             t0 = time.perf_counter()
             out = super().evaluate(rnd, messages, server_tests)
             self._account(rnd, time.perf_counter() - t0)
             return out
+        self.worker_calls += 1
         pool = self.pool
 
         def args(i: int, msgs: dict[int, Message]) -> tuple:
