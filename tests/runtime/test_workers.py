@@ -42,7 +42,7 @@ def test_two_workers_give_exactly_the_sequential_run(small_experiment, tmp_path,
     assert isinstance(sim.clients, WorkerClients) and sim.clients.worker_calls > 0
     assert two == one
     assert _same_states(states_two, states_one)
-    assert (method == "fedavg") == (not states_one)  # the state comparison compared something
+    assert any(states_one.values()) == (method != "fedavg")  # the state comparison compared something
 
 
 def test_automatic_workers_take_over_mid_run_with_the_clients_state(small_experiment, tmp_path, monkeypatch):
@@ -61,12 +61,18 @@ def test_automatic_workers_take_over_mid_run_with_the_clients_state(small_experi
     assert _same_states(sim.clients.state(), states_one)
 
 
-def test_a_run_resumed_with_workers_ends_like_an_uninterrupted_one(small_experiment, tmp_path):
-    full, _, _ = _run(with_config(small_experiment, method="local", rounds=2, workers=1), tmp_path / "full")
-    Simulator(with_config(small_experiment, method="local", rounds=1, workers=2), tmp_path / "run", progress=False).run()
-    resumed = Simulator(with_config(small_experiment, method="local", rounds=2, workers=2), tmp_path / "run",
-                        progress=False).run(resume=True)
-    assert json.dumps({k: v for k, v in resumed.items() if k not in ("wall_s", "time_s")}, sort_keys=True) == full
+def test_a_run_resumed_with_workers_ends_like_one_resumed_in_process(small_experiment, tmp_path):
+    """Round 1 in process, then resumed for round 2 in workers (the clients' state goes from
+    the checkpoint to the workers), against both rounds' parts in process."""
+    ends = {}
+    for first, then in ((1, 1), (1, 2)):
+        out = tmp_path / f"{first}-{then}"
+        Simulator(with_config(small_experiment, method="local", rounds=1, workers=first), out, progress=False).run()
+        sim = Simulator(with_config(small_experiment, method="local", rounds=2, workers=then), out, progress=False)
+        summary = sim.run(resume=True)
+        ends[then] = json.dumps({k: v for k, v in summary.items() if k not in ("wall_s", "time_s")}, sort_keys=True)
+    assert sim.clients.worker_calls > 0
+    assert ends[2] == ends[1]
 
 
 def test_a_client_that_raises_in_a_worker_fails_as_it_does_in_process(small_experiment, tmp_path):
