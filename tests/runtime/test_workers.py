@@ -52,6 +52,12 @@ def test_automatic_workers_take_over_mid_run_with_the_clients_state(small_experi
     monkeypatch.setattr(workers, "AUTO_MIN_REMAINING_S", 0.0)
     monkeypatch.setattr(workers, "available_cores", lambda: 2)
     exp = with_config(small_experiment, method="local", rounds=4, workers=0)
+    # on a machine whose cores are busy with other work, workers would not help: none start
+    monkeypatch.setattr(workers, "idle_cores", lambda: 1)
+    busy = Simulator(exp, tmp_path / "busy", progress=False)
+    busy.run()
+    assert busy.clients.pool is None and busy.clients.worker_calls == 0 and busy.clients.local_calls > 0
+    monkeypatch.setattr(workers, "idle_cores", lambda: 2)
     sim = Simulator(exp, tmp_path / "auto", progress=False)
     assert isinstance(sim.clients, WorkerClients) and sim.clients.pool is None  # nothing started yet
     sim.clients.wait_for_workers = True  # take over as soon as possible, whatever the machine's load

@@ -50,6 +50,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def idle_cores() -> int:
+    """The available cores not busy with other work: those minus the 1-minute load average
+    beyond this process's own share (one busy core). The load average is the whole machine's,
+    so this is an estimate, and a conservative one where this process may use only some cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return available_cores()
+    return max(1, int(available_cores() - max(load - 1.0, 0.0) + 0.5))
+
+
 def resolve_workers(cfg: dict[str, Any], device: torch.device, n_clients: int) -> tuple[int, bool]:
     """(worker processes, whether they start only when the work is large enough).
 
@@ -116,7 +127,7 @@ class WorkerClients(InProcessClients):
         shares = [s for s in assign(list(self.clients.values()), self.workers) if s]
         threads = int(self.cfg["threads"]) or max(1, available_cores() // len(shares))
         payloads = [{
-            "cfg": dict(self.cfg), "spec": self.spec, "infos": self.infos, "device": self.device,
+            "cfg": self.cfg, "spec": self.spec, "infos": self.infos, "device": self.device,
             "threads": threads, "clients": [self.clients[cid] for cid in share],
             "views": {cid: self.server_views[cid] for cid in share},
         } for share in shares]
@@ -139,7 +150,12 @@ class WorkerClients(InProcessClients):
             self.rounds_seen.add(rnd)
         remaining = self.client_s / max(len(self.rounds_seen), 1) * (int(self.cfg["rounds"]) - rnd)
         if self.auto and self.pool is None and remaining >= AUTO_MIN_REMAINING_S:
-            self.start()
+            # workers only help on idle cores: on a busy machine they add start-up and messages
+            # for no speed (measured: docs/performance.md, "Workers"); look again next phase
+            idle = min(self.workers, idle_cores())
+            if idle >= 2:
+                self.workers = idle
+                self.start()
 
     def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
         if not self._pool_ready():
