@@ -65,7 +65,7 @@ CORE_DEFAULTS: dict[str, Any] = {
     # score a model once per test view it shares with other clients (the same numbers)
     "eval.share_predictions": True,
     "threads": 1,
-    # in-process clients: 0 = automatic (one worker process per core once the run's remaining
+    # in-process clients: 0 = automatic (a worker process per idle core once the run's remaining
     # client work is large enough; none on a GPU), 1 = this process, N = N worker processes
     "workers": 0,
     "batch_clients": 0,

@@ -133,3 +133,25 @@ def test_the_number_of_workers_follows_the_device_and_batching(small_experiment,
     sim = Simulator(exp, "unused", progress=False)
     assert type(local_clients(sim.method, exp.clients, exp.test_as_client, exp.test, exp.spec, exp.cfg,
                               cpu)) is InProcessClients
+
+
+def test_a_phase_interrupted_in_the_main_process_still_stops_the_workers(small_experiment, tmp_path):
+    """Ctrl-C while replies are still coming: closing neither waits for state the pipes can no
+    longer deliver in order nor leaves a worker behind."""
+    exp = with_config(small_experiment, method="local", workers=2)
+    sim = Simulator(exp, tmp_path, progress=False)
+    sim.method.init_server()
+    messages = sim.method.configure("train", 1, [c.cid for c in exp.clients])
+    clients = sim.clients
+
+    def interrupt(n: int) -> None:
+        raise KeyboardInterrupt
+
+    clients._bar = lambda desc, total: interrupt  # the first worker's reply "is interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        clients.step("train", 1, 0, messages)
+    procs = list(clients.pool.procs.procs)
+    start = time.monotonic()
+    clients.close()
+    assert time.monotonic() - start < 15
+    assert procs and not any(p.is_alive() for p in procs)

@@ -118,6 +118,8 @@ class Pool:
         self.is_ready = [False] * len(shares)
         self.has_tests = [False] * len(shares)
         self.closed = False
+        #: a request is out whose replies were not all read (interrupted): the pipes are out of step
+        self.busy = False
         self.procs = _Procs()
         for _ in shares:
             mine, theirs = ctx.Pipe()
@@ -209,6 +211,7 @@ class Pool:
         split: dict[int, dict[int, Any]] = {}
         for cid, item in items.items():
             split.setdefault(self.worker_of[cid], {})[cid] = item
+        self.busy = True
         for i, mine in split.items():
             self._send(i, kind, args(i, mine), what)
         longest = max((len(m) for m in split.values()), default=0)
@@ -221,14 +224,17 @@ class Pool:
                 progress(len(reply))
 
         self._await(set(split), what, deadline, take)
+        self.busy = False
         return merged
 
     def broadcast(self, kind: str, args: Callable[[int], Any], what: str) -> list[Any]:
         """One request to every worker (``args(worker)``); their answers in worker order."""
+        self.busy = True
         for i in range(len(self.shares)):
             self._send(i, kind, args(i), what)
         out: dict[int, Any] = {}
         self._await(set(range(len(self.shares))), what, None, out.__setitem__)
+        self.busy = False
         return [out[i] for i in range(len(self.shares))]
 
     def close(self, polite: bool = True) -> None:

@@ -14,8 +14,9 @@ Starting workers costs seconds (a fork server that imports torch, see
 :mod:`adamodal.runtime.pool`) and a copy of the clients' data, so ``workers=0`` (automatic, the
 default) starts them only when the work still to come is worth it: the run begins in process,
 and once the clients' measured time projects at least :data:`AUTO_MIN_REMAINING_S` seconds of
-client work in the remaining rounds, the workers start in the background while the run goes
-on in process; it moves to them at the first phase after all of them are ready (the clients'
+client work in the remaining rounds and at least two cores are idle (:func:`idle_cores`; on a
+busy machine workers were measured to gain nothing), one worker per idle core starts in the
+background while the run goes on in process; it moves to them at the first phase after all of them are ready (the clients'
 state goes along). On a GPU, or with ``batch_clients``, the automatic choice is no workers:
 the clients share one device, whose faster path is batching.
 """
@@ -64,7 +65,8 @@ def idle_cores() -> int:
 def resolve_workers(cfg: dict[str, Any], device: torch.device, n_clients: int) -> tuple[int, bool]:
     """(worker processes, whether they start only when the work is large enough).
 
-    ``workers=0`` (automatic): one per available core on the CPU, started on demand; none on
+    ``workers=0`` (automatic): at most one per available core on the CPU, started on demand
+    (as many as are idle then, see :meth:`WorkerClients._account`); none on
     a GPU or with ``batch_clients`` (one device, whose fast path is batching). ``workers=N``:
     N from the first phase (``workers=1``: in process)."""
     n = int(cfg.get("workers", 1))
@@ -221,12 +223,12 @@ class WorkerClients(InProcessClients):
             super().load_state(state)
 
     def close(self) -> None:
-        """Stop the workers, bringing the clients' state back here first (a worker that died
-        took its clients' state with it: the run's last checkpoint has it)."""
+        """Stop the workers, bringing the clients' state back here first (a worker that died,
+        or a run interrupted mid-phase, leaves it to the run's last checkpoint)."""
         if self.pool is None:
             return
         try:
-            if self.in_use and not self.pool.closed:
+            if self.in_use and not self.pool.closed and not self.pool.busy:
                 self.states = self.state()
         finally:
             self.pool.close()
