@@ -13,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SMALL = {
     "clients.multimodal": 3, "clients.image_only": 1, "clients.text_only": 1,
     "rounds": 2, "local_epochs": 2, "partition": "iid", "seed": 0, "device": "cpu",
+    # clients in this process: tests replace methods' functions here (tests/runtime/test_workers.py
+    # runs them in worker processes)
+    "workers": 1,
 }
 
 

@@ -229,3 +229,14 @@ def test_a_cached_result_survives_changes_to_other_methods_keys_only():
     own = suite.suite_config("carmfl", "prototype", 0, {"fedavg.modality_dropout": "0.3"}, rounds=2)
     assert suite.digest(other, drop) == suite.digest(base, drop)
     assert suite.digest(own, drop) != suite.digest(base, drop)
+
+
+def test_the_number_of_workers_does_not_invalidate_a_cached_result(tmp_path):
+    """``workers`` changes where the clients run, never the result (tests/runtime/test_workers.py)."""
+    base = suite.suite_config("carmfl", "fedavg", 0, rounds=2)
+    parallel = suite.suite_config("carmfl", "fedavg", 0, {"workers": "2"}, rounds=2)
+    assert parallel["workers"] == 2 and suite.digest(parallel) == suite.digest(base)
+    assert suite.digest(suite.suite_config("carmfl", "fedavg", 0, rounds=3)) != suite.digest(base)
+    base.save(tmp_path / "config.toml")
+    assert suite._same_config(tmp_path / "config.toml", parallel)
+    assert not suite._same_config(tmp_path / "config.toml", suite.suite_config("carmfl", "fedavg", 1, rounds=2))

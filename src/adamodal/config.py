@@ -65,6 +65,9 @@ CORE_DEFAULTS: dict[str, Any] = {
     # score a model once per test view it shares with other clients (the same numbers)
     "eval.share_predictions": True,
     "threads": 1,
+    # in-process clients: 0 = automatic (a worker process per idle core once the run's remaining
+    # client work is large enough; none on a GPU), 1 = this process, N = N worker processes
+    "workers": 0,
     "batch_clients": 0,
     # reliability: what the server accepts from clients (runtime/validate.py)
     "min_clients": 1,
@@ -120,6 +123,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "eval.every": (1, 1e9, True, True),
     "eval.max_rows": (1, 1e12, True, True),
     "threads": (0, 1024, True, True),
+    "workers": (0, 1024, True, True),
     "batch_clients": (0, 1e6, True, True),
     "min_clients": (1, 1e6, True, True),
     "client_timeout": (0, float("inf"), True, False),

@@ -54,8 +54,14 @@ def suite_config(scenario: str, method: str, seed: int, overrides: Mapping[str, 
     return resolve({}, values)
 
 
+#: keys that choose where a run computes, never what it computes (``workers``: the same results)
+PLACEMENT_KEYS = ("workers",)
+
+
 def digest(cfg: Mapping[str, Any], drop: Sequence[str] = ()) -> str:
-    """A short hash of a config (minus ``drop``): a cached result is reused only for it."""
+    """A short hash of a config (minus ``drop`` and :data:`PLACEMENT_KEYS`): a cached result
+    is reused only for it."""
+    drop = (*drop, *PLACEMENT_KEYS)
     text = json.dumps({k: v for k, v in sorted(cfg.items()) if k not in drop}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -95,7 +101,8 @@ def _same_config(path: Path, cfg: Config) -> bool:
     """Whether a run folder was made with this config; a folder from a version whose keys no
     longer exist (or a damaged file) is simply not the same run, and is run again."""
     try:
-        return resolve(load_toml(path)) == cfg
+        saved = resolve(load_toml(path))
+        return all(saved.get(k) == v for k, v in cfg.items() if k not in PLACEMENT_KEYS) and set(saved) == set(cfg)
     except AdamodalError:
         return False
 

@@ -187,6 +187,9 @@ class Clients(ABC):
     def load_state(self, state: dict[int, dict[str, np.ndarray]]) -> None:  # noqa: B027 - optional
         """Inverse of :meth:`state`."""
 
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release what the clients hold (worker processes) once the run is over."""
+
 
 def failure_reason(exc: BaseException) -> str:
     """``"raised ValueError: message"``, on one line and of bounded length, for the log."""

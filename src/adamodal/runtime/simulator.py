@@ -1,7 +1,8 @@
 """The server loop of a run, and the in-process simulator built on it.
 
-By default the clients run in this process one after another with one model in memory
-(:class:`~adamodal.runtime.clients.InProcessClients`). The loop drives any
+The clients run in this process one after another with one model in memory
+(:class:`~adamodal.runtime.clients.InProcessClients`), or in parallel worker processes
+(``workers``, :mod:`adamodal.runtime.workers`) with the same results. The loop drives any
 :class:`~adamodal.methods.base.Method` through the same phase protocol the Flower runtime
 uses, counts the bytes of every message, evaluates every client (pooled per
 modality group) and the server's test set, and checkpoints after every round so a killed run
@@ -47,10 +48,10 @@ from adamodal.runtime.clients import (
     ClientEval,
     ClientFailure,
     Clients,
-    InProcessClients,
     derive_seed,
 )
 from adamodal.runtime.validate import Limits, validate_replies
+from adamodal.runtime.workers import local_clients
 from adamodal.towers.features import Inputs, build_inputs
 
 CHECKPOINT = "checkpoint.pt"
@@ -141,9 +142,9 @@ class RunState:
 class Simulator:
     """The server loop: sampling, phases, byte accounting, evaluation, checkpoints, summary.
 
-    Where the clients run is a :class:`~adamodal.runtime.clients.Clients`; by default they run
-    in this process (:class:`~adamodal.runtime.clients.InProcessClients`), the Flower runtime
-    passes one that talks to SuperNodes.
+    Where the clients run is a :class:`~adamodal.runtime.clients.Clients`; by default in this
+    process or in worker processes, as ``workers`` says (:func:`~adamodal.runtime.workers.local_clients`);
+    the Flower runtime passes one that talks to SuperNodes.
     """
 
     def __init__(self, exp: Experiment, out_dir: Path, *, progress: bool = True, clients: Clients | None = None) -> None:
@@ -155,7 +156,8 @@ class Simulator:
         if exp.public is not None:
             self.method.set_public(exp.public)  # the server's; clients get what the method sends
         self.device = resolve_device(str(self.cfg["device"]))
-        self.clients = clients or InProcessClients(
+        self.own_clients = clients is None  # ours to close when the run ends
+        self.clients = clients or local_clients(
             self.method, exp.clients, exp.test_as_client, exp.test, exp.spec, self.cfg, self.device,
             progress=self.progress,
         )
@@ -319,6 +321,13 @@ class Simulator:
 
     # ---- the whole run ---------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
+        try:
+            return self._run(resume)
+        finally:
+            if self.own_clients:
+                self.clients.close()  # worker processes end with the run (state comes back first)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.restore()

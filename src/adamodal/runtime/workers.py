@@ -1,0 +1,235 @@
+"""The clients of a phase in parallel worker processes (``workers``), with the results of
+running them one after another.
+
+:class:`WorkerClients` hands each worker process a fixed share of the clients once, at start:
+their data and server-test views, a method instance of its own (one model per worker, reused
+for its clients) and, from then on, their persisted state. A phase's messages are split by
+worker, every worker runs :class:`~adamodal.runtime.clients.InProcessClients` on its share
+(the same seeds, the same failure and timeout handling, the same evaluation), and the replies
+come back in the clients' order. So ``workers=N`` gives exactly what ``workers=1`` gives as
+long as every worker uses the same number of torch threads as the in-process run (``threads``,
+1 by default): only where a client runs changes, never what it computes.
+
+Starting workers costs seconds (a fork server that imports torch, see
+:mod:`adamodal.runtime.pool`) and a copy of the clients' data, so ``workers=0`` (automatic, the
+default) starts them only when the work still to come is worth it: the run begins in process,
+and once the clients' measured time projects at least :data:`AUTO_MIN_REMAINING_S` seconds of
+client work in the remaining rounds and at least two cores are idle (:func:`idle_cores`; on a
+busy machine workers were measured to gain nothing), one worker per idle core starts in the
+background while the run goes on in process; it moves to them at the first phase after all of them are ready (the clients'
+state goes along). On a GPU, or with ``batch_clients``, the automatic choice is no workers:
+the clients share one device, whose faster path is batching.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from adamodal.errors import ConfigError
+from adamodal.kit.tensors import Tensors
+from adamodal.methods.base import Message, Method
+from adamodal.runtime.clients import ClientData, ClientEval, ClientFailure, InProcessClients
+from adamodal.runtime.pool import Pool, WorkerError  # noqa: F401 - WorkerError: what a caller catches
+
+#: ``workers=0``: start the workers once the remaining client work, projected from the seconds
+#: the clients took so far, reaches this (chosen by measurement: docs/performance.md, "Workers")
+AUTO_MIN_REMAINING_S = 30.0
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def idle_cores() -> int:
+    """The available cores not busy with other work: those minus the 1-minute load average
+    beyond this process's own share (one busy core). The load average is the whole machine's,
+    so this is an estimate, and a conservative one where this process may use only some cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return available_cores()
+    return max(1, int(available_cores() - max(load - 1.0, 0.0) + 0.5))
+
+
+def resolve_workers(cfg: dict[str, Any], device: torch.device, n_clients: int) -> tuple[int, bool]:
+    """(worker processes, whether they start only when the work is large enough).
+
+    ``workers=0`` (automatic): at most one per available core on the CPU, started on demand
+    (as many as are idle then, see :meth:`WorkerClients._account`); none on
+    a GPU or with ``batch_clients`` (one device, whose fast path is batching). ``workers=N``:
+    N from the first phase (``workers=1``: in process)."""
+    n = int(cfg.get("workers", 1))
+    batched = int(cfg.get("batch_clients", 0)) > 1
+    if n == 0:
+        if device.type != "cpu" or batched:
+            return 1, False
+        return max(1, min(available_cores(), n_clients)), True
+    if n > 1 and batched:
+        raise ConfigError(f"workers={n} and batch_clients={cfg['batch_clients']}: choose one way to run "
+                          "clients together (workers=1 to batch, batch_clients=0 for workers)")
+    return max(1, min(n, n_clients)), False
+
+
+def local_clients(method: Method, clients: list[ClientData], server_views: dict[int, Tensors],
+                  server_tests: dict[str, Tensors], spec, cfg, device: torch.device, *,
+                  progress: bool = False) -> InProcessClients:
+    """The simulator's clients as ``workers`` asks: in process, or in worker processes."""
+    n, auto = resolve_workers(cfg, device, len(clients))
+    if n == 1:
+        return InProcessClients(method, clients, server_views, server_tests, spec, cfg, device, progress=progress)
+    return WorkerClients(method, clients, server_views, server_tests, spec, cfg, device,
+                         workers=n, auto=auto, progress=progress)
+
+
+def assign(clients: list[ClientData], n: int) -> list[list[int]]:
+    """Client ids per worker, balanced by training rows (largest first to the least loaded
+    worker), fixed for the run so that each client's state stays in one worker."""
+    loads, shares = [0] * n, [[] for _ in range(n)]
+    for c in sorted(clients, key=lambda c: (-len(c.train), c.cid)):
+        i = min(range(n), key=lambda j: (loads[j], j))
+        loads[i] += max(len(c.train), 1)
+        shares[i].append(c.cid)
+    return [sorted(s) for s in shares]
+
+
+class WorkerClients(InProcessClients):
+    """Clients in ``workers`` processes; in this process until the workers are in use (and
+    again after :meth:`close`). Memory: the data once more (each worker holds its clients'
+    rows) plus one model per worker, not per client."""
+
+    def __init__(self, method: Method, clients: list[ClientData], server_views: dict[int, Tensors],
+                 server_tests: dict[str, Tensors], spec, cfg, device: torch.device, *, workers: int,
+                 auto: bool = False, progress: bool = False) -> None:
+        super().__init__(method, clients, server_views, server_tests, spec, cfg, device, progress=progress)
+        self.workers, self.auto = workers, auto
+        self.infos = list(method.clients.values())
+        self.pool: Pool | None = None
+        self.in_use = False
+        #: whether a phase waits for workers still starting (else it runs in process meanwhile)
+        self.wait_for_workers = not auto
+        self.client_s = 0.0  # seconds of client work done in process (auto mode)
+        self.rounds_seen: set[int] = set()
+        self.local_calls = self.worker_calls = 0  # phases and evaluations run here / in the workers
+        if not auto:
+            self.start()
+
+    def start(self) -> None:
+        """Start the workers in the background, each with its share of the clients' data."""
+        shares = [s for s in assign(list(self.clients.values()), self.workers) if s]
+        threads = int(self.cfg["threads"]) or max(1, available_cores() // len(shares))
+        payloads = [{
+            "cfg": self.cfg, "spec": self.spec, "infos": self.infos, "device": self.device,
+            "threads": threads, "clients": [self.clients[cid] for cid in share],
+            "views": {cid: self.server_views[cid] for cid in share},
+        } for share in shares]
+        self.pool = Pool(shares, payloads)
+
+    def _pool_ready(self) -> bool:
+        """Move to the workers once all are ready (waiting for them unless automatic)."""
+        if self.in_use:
+            return True
+        if self.pool is None or not self.pool.ready(block=self.wait_for_workers):
+            return False
+        self._send_state(self.states)
+        self.states, self.in_use = {}, True
+        return True
+
+    def _account(self, rnd: int, seconds: float) -> None:
+        """Automatic mode: start the workers when the remaining work projects large enough."""
+        self.client_s += seconds
+        if rnd > 0:
+            self.rounds_seen.add(rnd)
+        remaining = self.client_s / max(len(self.rounds_seen), 1) * (int(self.cfg["rounds"]) - rnd)
+        if self.auto and self.pool is None and remaining >= AUTO_MIN_REMAINING_S:
+            # workers only help on idle cores: on a busy machine they add start-up and messages
+            # for no speed (measured: docs/performance.md, "Workers"); look again next phase
+            idle = min(self.workers, idle_cores())
+            if idle >= 2:
+                self.workers = idle
+                self.start()
+
+    def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
+        if not self._pool_ready():
+            self.local_calls += 1
+            t0 = time.perf_counter()
+            out = super().step(phase, rnd, p_idx, messages)
+            self._account(rnd, time.perf_counter() - t0)
+            return out
+        self.worker_calls += 1
+        what = f"round {rnd} {phase}"
+        merged = self.pool.call("step", messages, lambda i, msgs: (phase, rnd, p_idx, msgs), what,
+                                float(self.cfg.get("client_timeout", 0.0) or 0.0), self._bar(what, len(messages)))
+        return {cid: merged[cid] for cid in messages}
+
+    def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
+        if not self._pool_ready():
+            self.local_calls += 1
+            t0 = time.perf_counter()
+            out = super().evaluate(rnd, messages, server_tests)
+            self._account(rnd, time.perf_counter() - t0)
+            return out
+        self.worker_calls += 1
+        pool = self.pool
+
+        def args(i: int, msgs: dict[int, Message]) -> tuple:
+            tests = None
+            if server_tests and not pool.has_tests[i]:  # the server's whole test set: once, when first needed
+                tests, pool.has_tests[i] = self.server_tests, True
+            return rnd, msgs, tests, server_tests
+
+        what = f"round {rnd} evaluation"
+        merged = pool.call("evaluate", messages, args, what, progress=self._bar(what, len(messages)))
+        return {cid: merged[cid] for cid in messages}
+
+    def _bar(self, desc: str, total: int) -> Callable[[int], None] | None:
+        if not self.progress:
+            return None
+        bar = tqdm(total=total, desc=desc, leave=False, unit="client")
+
+        def advance(n: int) -> None:
+            bar.update(n)
+            if bar.n >= total:
+                bar.close()
+
+        return advance
+
+    def _send_state(self, state: dict[int, dict[str, np.ndarray]]) -> None:
+        shares = self.pool.shares
+        self.pool.broadcast("load_state", lambda i: {c: state[c] for c in shares[i] if c in state}, "loading client state")
+
+    def state(self) -> dict[int, dict[str, np.ndarray]]:
+        if not self.in_use:
+            return super().state()
+        merged: dict[int, dict[str, np.ndarray]] = {}
+        for part in self.pool.broadcast("state", lambda i: None, "fetching client state"):
+            merged.update(part)
+        return dict(sorted(merged.items()))
+
+    def load_state(self, state: dict[int, dict[str, np.ndarray]]) -> None:
+        if self._pool_ready():
+            self._send_state(state)
+        else:
+            super().load_state(state)
+
+    def close(self) -> None:
+        """Stop the workers, bringing the clients' state back here first (a worker that died,
+        or a run interrupted mid-phase, leaves it to the run's last checkpoint)."""
+        if self.pool is None:
+            return
+        try:
+            if self.in_use and not self.pool.closed and not self.pool.busy:
+                self.states = self.state()
+        finally:
+            self.pool.close()
+            self.pool, self.in_use = None, False
