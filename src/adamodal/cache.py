@@ -28,7 +28,9 @@ def content_hash(*parts: object) -> str:
         if isinstance(part, np.ndarray):
             h.update(str(part.dtype).encode())
             h.update(str(part.shape).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
+            # the buffer itself, not a tobytes() copy: the same bytes (so the same keys as
+            # before) without copying a large image array once more per run
+            h.update(memoryview(np.ascontiguousarray(part)).cast("B"))
         elif isinstance(part, (list, tuple)):
             for item in part:
                 h.update(str(item).encode("utf-8", "surrogatepass"))
