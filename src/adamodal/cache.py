@@ -44,6 +44,7 @@ def content_hash(*parts: object) -> str:
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write an ``.npz`` through a temporary file and a rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    # the process id in the name: two runs writing the same entry at once never share a file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
