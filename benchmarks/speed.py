@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchmarks.performance import run as adamodal_run  # noqa: E402
-from benchmarks.performance import table  # noqa: E402
+from performance import run as adamodal_run  # noqa: E402
+from performance import table  # noqa: E402
 
 FMNIST = {"dataset": "fmnist", "towers": "small", "model": "cnn", "clients.multimodal": 0, "clients.image_only": 10,
           "clients.text_only": 0, "partition": "dirichlet", "partition.alpha": 0.5, "optimizer": "sgd",
