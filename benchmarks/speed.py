@@ -114,7 +114,8 @@ def bench_fmnist(out: Path, variants: dict[str, dict[str, Any]], jobs: list[tupl
             name = {"flower": "Flower FedAvg, simulation engine (num_cpus=1)",
                     "plain": "plain torch loop, one process"}.get(label, f"adamodal run ({label})")
             ratio = r["wall_s"] / fl["wall_s"]
-            rows.append([f"{rounds}x{epochs}", name, f"{r['wall_s']:.1f}", f"{r.get('loop_s', float('nan')):.1f}",
+            loop = f"{r['loop_s']:.1f}" if "loop_s" in r else "–"
+            rows.append([f"{rounds}x{epochs}", name, f"{r['wall_s']:.1f}", loop,
                          f"{ratio:.2f}", f"{100 * r['accuracy']:.2f}", f"{100 * (r['accuracy'] - fl['accuracy']):+.2f}"])
             records.append({"job": f"{rounds}x{epochs}", "runtime": label, **r, "wall_vs_flower": ratio})
     md = table(f"Fashion-MNIST, Dir(0.5), 10 clients, LeNet ({info['train_rows']:,} training rows, "
