@@ -100,7 +100,7 @@ def _run_parallel(todo: list[tuple[str, int, dict[str, Any], Path]], jobs: int,
     """The runs in ``jobs`` worker processes (spawned: a forked copy of a process that has
     used torch's thread pool can hang); a failed run stops the rest and raises its error."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -108,16 +108,13 @@ def _run_parallel(todo: list[tuple[str, int, dict[str, Any], Path]], jobs: int,
                    for label, seed, values, run_dir in todo}
         if not quiet:
             print(f"== {len(todo)} runs, {jobs} at a time", file=sys.stderr)
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in finished:
-                label, seed = futures[fut]
-                if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise fut.exception()  # type: ignore[misc]
-                done[(label, seed)] = fut.result()
-                if not quiet:
-                    print(f"== {label} seed {seed} done ({done[(label, seed)]['wall_s']:.1f} s in its loop, "
-                          f"{time.perf_counter() - t0:.1f} s since the start)", file=sys.stderr)
+        for fut in as_completed(futures):
+            label, seed = futures[fut]
+            if fut.exception() is not None:
+                for other in futures:
+                    other.cancel()  # those not started yet; running ones finish
+                raise fut.exception()  # type: ignore[misc]
+            done[(label, seed)] = fut.result()
+            if not quiet:
+                print(f"== {label} seed {seed} done ({done[(label, seed)]['wall_s']:.1f} s in its loop, "
+                      f"{time.perf_counter() - t0:.1f} s since the start)", file=sys.stderr)
