@@ -184,3 +184,20 @@ def test_unknown_entries_change_nothing_when_absent() -> None:
     y2 = np.vstack([y, np.full((5, 4), np.nan, np.float32)])  # five rows entirely unknown
     masked = compute_metrics(np.vstack([scores, rng.random((5, 4))]), y2, "multilabel")
     assert all(math.isclose(plain[k], masked[k]) for k in METRICS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(0, 50), c=st.integers(1, 5), levels=st.sampled_from([2, 5, 0]),
+       nan=st.booleans())
+def test_average_ranks_equal_scipys(seed: int, n: int, c: int, levels: int, nan: bool) -> None:
+    """The numpy ranks are SciPy's ``rankdata`` average ranks exactly, ties and NaN columns included."""
+    from scipy.stats import rankdata
+
+    from adamodal.metrics import average_ranks
+
+    rng = np.random.default_rng(seed)
+    a = rng.random((n, c)) if levels == 0 else rng.integers(0, levels, (n, c)) / levels
+    if nan and n:
+        a[rng.integers(0, n), rng.integers(0, c)] = np.nan
+    for x in (a, a.astype(np.float32)):
+        assert np.array_equal(average_ranks(x), rankdata(x, axis=0), equal_nan=True)

@@ -3,42 +3,75 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 
 def run_bench(methods: list[str], seeds: list[int], base: dict[str, Any], out: Path, *, quiet: bool,
-              title: str) -> dict[str, list[dict[str, Any]]]:
+              title: str, jobs: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Every method x seed on the same scenario; a markdown table and a bar plot in ``out``."""
-    return run_variants({m: {"method": m} for m in methods}, seeds, base, out, quiet=quiet, title=title)
+    return run_variants({m: {"method": m} for m in methods}, seeds, base, out, quiet=quiet, title=title, jobs=jobs)
+
+
+def default_jobs() -> int:
+    """The cores this process may use: one run per core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _one_run(values: dict[str, Any], run_dir: str, progress: bool) -> dict[str, Any]:
+    """One run and its history plot (in a worker process when runs go in parallel)."""
+    from adamodal.config import resolve
+    from adamodal.report import plot_history
+    from adamodal.runtime.simulator import run_experiment
+
+    summary = run_experiment(resolve({}, values), Path(run_dir), progress=progress, force=True)
+    plot_history(summary, Path(run_dir) / "history.png")
+    return summary
 
 
 def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: dict[str, Any], out: Path, *,
-                 quiet: bool, title: str) -> dict[str, list[dict[str, Any]]]:
+                 quiet: bool, title: str, jobs: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Every variant (a label and its config overrides: a method, an ablation flag, a K) x seed
-    on the same scenario; tables in ``out/results.md``, bars in ``out/comparison.png``."""
+    on the same scenario; tables in ``out/results.md``, bars in ``out/comparison.png``.
+
+    The runs are independent, so up to ``jobs`` of them (0: one per core) go in parallel
+    worker processes; each run's result depends only on its config and seed, so it is the
+    same as one run after another (each run trains with ``threads`` torch threads, 1 by
+    default, so parallel runs do not contend for the cores they share).
+    """
     from adamodal.config import resolve
     from adamodal.report import (
         CAPTION,
         comparison_rows,
         markdown_table,
         plot_comparison,
-        plot_history,
         print_table,
     )
-    from adamodal.runtime.simulator import run_experiment
 
-    runs: dict[str, list[dict[str, Any]]] = {}
+    todo: list[tuple[str, int, dict[str, Any], Path]] = []
     for label, overrides in variants.items():
         for seed in seeds:
-            cfg = resolve({}, {**base, **overrides, "seed": seed})
-            run_dir = out / label.replace(" ", "_").replace("=", "-") / f"seed{seed}"
+            values = {**base, **overrides, "seed": seed}
+            resolve({}, values)  # a bad variant fails here, before any run has started
+            todo.append((label, seed, values, out / label.replace(" ", "_").replace("=", "-") / f"seed{seed}"))
+    jobs = min(len(todo), jobs if jobs > 0 else default_jobs())
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if jobs <= 1:
+        for label, seed, values, run_dir in todo:
             if not quiet:
                 print(f"== {label} seed {seed}", file=sys.stderr)
-            summary = run_experiment(cfg, run_dir, progress=not quiet, force=True)
-            plot_history(summary, run_dir / "history.png")
-            runs.setdefault(label, []).append(summary)
+            done[(label, seed)] = _one_run(values, str(run_dir), not quiet)
+    else:
+        _run_parallel(todo, jobs, done, quiet=quiet)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for label, seed, _, _ in todo:
+        runs.setdefault(label, []).append(done[(label, seed)])
     cfg0 = resolve({}, dict(base))
     named = f"scenario {cfg0['scenario']}, " if cfg0["scenario"] else ""
     scenario = (f"{named}{cfg0['dataset']}: {cfg0['clients.multimodal']} image+text / {cfg0['clients.image_only']} image-only / "
@@ -60,3 +93,28 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
     print_table(*server, title="each client's model on the server test set (its modalities, its vendor)")
     print(f"wrote {out}/results.md, results.json, comparison.png, comparison_server_test.png")
     return runs
+
+
+def _run_parallel(todo: list[tuple[str, int, dict[str, Any], Path]], jobs: int,
+                  done: dict[tuple[str, int], dict[str, Any]], *, quiet: bool) -> None:
+    """The runs in ``jobs`` worker processes (spawned: a forked copy of a process that has
+    used torch's thread pool can hang); a failed run stops the rest and raises its error."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_one_run, values, str(run_dir), False): (label, seed)
+                   for label, seed, values, run_dir in todo}
+        if not quiet:
+            print(f"== {len(todo)} runs, {jobs} at a time", file=sys.stderr)
+        for fut in as_completed(futures):
+            label, seed = futures[fut]
+            if fut.exception() is not None:
+                for other in futures:
+                    other.cancel()  # those not started yet; running ones finish
+                raise fut.exception()  # type: ignore[misc]
+            done[(label, seed)] = fut.result()
+            if not quiet:
+                print(f"== {label} seed {seed} done ({done[(label, seed)]['wall_s']:.1f} s in its loop, "
+                      f"{time.perf_counter() - t0:.1f} s since the start)", file=sys.stderr)

@@ -28,7 +28,9 @@ def content_hash(*parts: object) -> str:
         if isinstance(part, np.ndarray):
             h.update(str(part.dtype).encode())
             h.update(str(part.shape).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
+            # the buffer itself, not a tobytes() copy: the same bytes (so the same keys as
+            # before) without copying a large image array once more per run
+            h.update(memoryview(np.ascontiguousarray(part)).cast("B"))
         elif isinstance(part, (list, tuple)):
             for item in part:
                 h.update(str(item).encode("utf-8", "surrogatepass"))
@@ -42,6 +44,7 @@ def content_hash(*parts: object) -> str:
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write an ``.npz`` through a temporary file and a rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    # the process id in the name: two runs writing the same entry at once never share a file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)

@@ -68,7 +68,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         get_method_class(m)
     from adamodal.bench import run_bench
 
-    run_bench(methods, seeds, base, args.out, quiet=args.quiet, title="Method comparison")
+    run_bench(methods, seeds, base, args.out, quiet=args.quiet, title="Method comparison", jobs=args.jobs)
     return 0
 
 
@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     run_bench(["local", "fedavg", "adamodal", "central"], [0], {}, args.out, quiet=args.quiet,
-              title="adamodal demo (default scenario)")
+              title="adamodal demo (default scenario)", jobs=args.jobs)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; plots: {args.out}/comparison.png, "
           f"{args.out}/<method>/seed0/history.png")
     return 0
@@ -185,6 +185,9 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+JOBS_HELP = "runs in parallel worker processes (0 = one per core, 1 = one after another; same results)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adamodal", description="Federated learning when clients are missing a modality.")
     p.add_argument("--version", action="version", version=f"adamodal {__version__}")
@@ -202,11 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="local,fedavg,fedavg_group,fedprox,adamodal,central")
     b.add_argument("--seeds", default="0,1,2")
     b.add_argument("--out", type=Path, default=Path("runs/bench"))
+    b.add_argument("--jobs", type=int, default=0, help=JOBS_HELP)
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="local vs fedavg vs adamodal vs central on the default scenario, table and plots")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--quiet", action="store_true")
+    d.add_argument("--jobs", type=int, default=0, help=JOBS_HELP)
     d.set_defaults(func=cmd_demo)
 
     data = sub.add_parser(

@@ -298,3 +298,36 @@ def test_aligned_halves_cover_the_classes_and_follow_the_seed() -> None:
     a, b = aligned_halves(labels, 0)
     assert len(a) == 5 and len(b) == 4 and sorted(np.concatenate([a, b]).tolist()) == list(range(9))
     assert any(not np.array_equal(aligned_halves(labels, s)[0], a) for s in range(1, 5))
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "classes"])
+def test_cached_split_is_the_fresh_one_and_survives_damage(tmp_path, scheme: str) -> None:
+    """A split read back from the cache equals the computed one (same rows, same order); a
+    damaged cache file is recomputed, and a changed argument the scheme reads is a new key."""
+    from adamodal.data.partition import partition_cache_path
+
+    labels = np.random.default_rng(5).integers(0, 6, 400)
+    kw = {"alpha": 0.3, "classes_per_client": 2, "seed": 4}
+    fresh = partition_groups(labels, 7, scheme, **kw)
+    first = partition_groups(labels, 7, scheme, cache=tmp_path, **kw)
+    path = partition_cache_path(tmp_path, labels, 7, scheme, alpha=0.3, classes_per_client=2, seed=4)
+    assert path.is_file()
+    again = partition_groups(labels, 7, scheme, cache=tmp_path, **kw)
+    for got in (first, again):
+        assert [p.tolist() for p in got] == [p.tolist() for p in fresh]
+        assert all(p.dtype == np.int64 for p in got)
+    # a cached file that is truncated, or consistent-looking but wrong, is not trusted
+    for damage in (b"not a zip", None):
+        if damage is None:
+            np.savez(path, groups=np.zeros(400, np.int64), offsets=np.array([0, 400] + [400] * 6, np.int64))
+        else:
+            path.write_bytes(damage)
+        healed = partition_groups(labels, 7, scheme, cache=tmp_path, **kw)
+        assert [p.tolist() for p in healed] == [p.tolist() for p in fresh]
+    other = "seed" if scheme == "iid" else ("alpha" if scheme == "dirichlet" else "classes_per_client")
+    changed = {**kw, other: {"seed": 5, "alpha": 0.9, "classes_per_client": 3}[other]}
+    moved = partition_cache_path(tmp_path, labels, 7, scheme, alpha=changed["alpha"],
+                                 classes_per_client=changed["classes_per_client"], seed=changed["seed"])
+    assert moved != path
+    if scheme == "iid":  # an argument the scheme does not read keeps the key
+        assert partition_cache_path(tmp_path, labels, 7, scheme, alpha=0.9, classes_per_client=2, seed=4) == path

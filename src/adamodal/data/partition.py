@@ -25,10 +25,14 @@ Two additions of our own:
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Sequence
+from functools import cache as _memoize
+from pathlib import Path
 
 import numpy as np
 
+from adamodal.cache import atomic_save_npz, content_hash
 from adamodal.errors import DataError
 
 #: the two modality-specific kinds of client ``partition=aligned`` pulls apart
@@ -51,20 +55,21 @@ def partition_groups(
     seed: int = 0,
     kinds: Sequence[str] | None = None,
     leak: float = 0.05,
+    cache: Path | None = None,
 ) -> list[np.ndarray]:
     """Split ``len(group_labels)`` groups among ``num_clients``; returns group indices per client.
 
     ``kinds`` (``multimodal`` / ``image_only`` / ``text_only`` per client) and ``leak`` (a
     unimodal client's Dirichlet weight on the other half's classes, relative to its own half)
     are read by ``scheme="aligned"`` only.
-    """
-    import datasets
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        IidPartitioner,
-        PathologicalPartitioner,
-    )
 
+    With ``cache`` (a cache root), a flwr-datasets partition is read back from
+    ``cache/partitions/`` when the same labels were split the same way before: importing
+    flwr-datasets alone costs seconds (it pulls in pandas, seaborn and SciPy), which a run's
+    start-up need not pay again. The key covers the labels' content, every argument the
+    scheme reads and the flwr-datasets version, so a cached split is the one a fresh call
+    would return.
+    """
     n = len(group_labels)
     if num_clients > n:
         raise DataError(f"{num_clients} clients but only {n} training items (identity groups) to share among them")
@@ -73,8 +78,37 @@ def partition_groups(
         if kinds is None or len(kinds) != num_clients:
             raise DataError("partition=aligned needs the kind (image_only, text_only, ...) of every client")
         return aligned_partition(labels, list(kinds), alpha=alpha, leak=leak, seed=seed)
+    if scheme not in ("iid", "dirichlet", "classes"):  # guarded by the config; kept for direct callers
+        raise DataError(f"unknown partition scheme {scheme!r}")
+    if cache is None:
+        return _flwr_partition(labels, num_clients, scheme, alpha, classes_per_client, seed)
+    path = partition_cache_path(Path(cache), labels, num_clients, scheme, alpha=alpha,
+                                classes_per_client=classes_per_client, seed=seed)
+    parts = _load_parts(path, num_clients, n)
+    if parts is None:
+        parts = _flwr_partition(labels, num_clients, scheme, alpha, classes_per_client, seed)
+        try:
+            _save_parts(path, parts)
+        except OSError:
+            pass  # a read-only or full cache only costs the next run the same work again
+    return parts
+
+
+def _flwr_partition(labels: np.ndarray, num_clients: int, scheme: str, alpha: float,
+                    classes_per_client: int, seed: int) -> list[np.ndarray]:
+    """IID, Dirichlet or k-classes-per-client over the groups, by flwr-datasets."""
+    import datasets
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
+    n = len(labels)
     datasets.disable_progress_bars()
-    ds = datasets.Dataset.from_dict({"label": labels.tolist(), "gid": list(range(n))})
+    # arrow format: the partitioners and _load_all read whole columns as arrow arrays, where
+    # the default format walks them row by row in Python (4-10 s for 60,000 rows); same rows
+    ds = datasets.Dataset.from_dict({"label": labels.tolist(), "gid": list(range(n))}).with_format("arrow")
     min_size = min_partition_size(n, num_clients)
     if scheme == "iid":
         part = IidPartitioner(num_partitions=num_clients)
@@ -83,7 +117,7 @@ def partition_groups(
             num_partitions=num_clients, partition_by="label", alpha=alpha,
             min_partition_size=min_size, self_balancing=False, shuffle=True, seed=seed,
         )
-    elif scheme == "classes":
+    else:
         num_labels = len(np.unique(labels))
         if classes_per_client > num_labels:
             raise DataError(f"partition.classes={classes_per_client} but the data has only {num_labels} classes")
@@ -92,8 +126,6 @@ def partition_groups(
             num_classes_per_partition=classes_per_client, class_assignment_mode="deterministic",
             shuffle=True, seed=seed,
         )
-    else:  # guarded by the config; kept for direct callers
-        raise DataError(f"unknown partition scheme {scheme!r}")
     if scheme in ("iid", "classes"):
         # IidPartitioner and PathologicalPartitioner cut the rows (of each class) in order:
         # shuffle them first, seeded, or the seed would not change who holds which group
@@ -119,6 +151,61 @@ def _load_all(part, num_clients: int) -> list[np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return [np.asarray(part.load_partition(i)["gid"], dtype=np.int64) for i in range(num_clients)]
+
+
+#: bump when the partitioning here changes, so a cached split made by older code is not reused
+PARTITION_VERSION = "1"
+
+
+@_memoize
+def _library_versions() -> str:
+    """The versions of the libraries that draw the split: a new release may draw another one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in ("flwr-datasets", "datasets", "numpy"):
+        try:
+            found.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            found.append(f"{dist}=?")
+    return ",".join(found)
+
+
+def partition_cache_path(cache: Path, labels: np.ndarray, num_clients: int, scheme: str, *,
+                         alpha: float, classes_per_client: int, seed: int) -> Path:
+    """Where the split of ``labels`` by ``scheme`` is cached: keyed by the labels' content and
+    only the arguments the scheme reads (an IID split does not change with ``alpha``)."""
+    reads = {"iid": (), "dirichlet": (("alpha", float(alpha)),),
+             "classes": (("classes", int(classes_per_client)),)}[scheme]
+    key = content_hash("partition", PARTITION_VERSION, _library_versions(), scheme, int(num_clients), int(seed),
+                       repr(reads), np.asarray(labels, dtype=np.int64))
+    return Path(cache) / "partitions" / f"{scheme}-{key}.npz"
+
+
+def _save_parts(path: Path, parts: list[np.ndarray]) -> None:
+    """Plain arrays only (read back with ``allow_pickle=False``): the parts end to end and
+    where each starts."""
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+    flat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    atomic_save_npz(path, groups=flat, offsets=offsets)
+
+
+def _load_parts(path: Path, num_clients: int, n: int) -> list[np.ndarray] | None:
+    """The cached split, or ``None`` (recompute) when absent, unreadable or inconsistent:
+    a damaged file costs a recomputation, never a crash or a wrong split."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            flat, offsets = np.asarray(z["groups"]), np.asarray(z["offsets"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if (flat.dtype != np.int64 or offsets.dtype != np.int64 or flat.ndim != 1 or offsets.shape != (num_clients + 1,)
+            or offsets[0] != 0 or offsets[-1] != len(flat) or (np.diff(offsets) < 0).any()):
+        return None
+    if len(flat) and (flat.min() < 0 or flat.max() >= n or len(np.unique(flat)) != len(flat)):
+        return None
+    return [flat[offsets[i]:offsets[i + 1]].copy() for i in range(num_clients)]
 
 
 def enforce_min_size(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adamodal.cache import cache_dir
 from adamodal.data._public import check_public, hold_out_public, public_rows
 from adamodal.data.base import Bundle
 from adamodal.data.partition import partition_groups
@@ -376,7 +377,7 @@ def build_scenario(bundle: Bundle, cfg: dict) -> Scenario:
         sub = partition_groups(
             _group_labels(bundle, pool_groups[pool]), len(cids), str(cfg["partition"]),
             alpha=float(cfg["partition.alpha"]), classes_per_client=int(cfg["partition.classes"]), seed=seed,
-            kinds=[group_names[c] for c in cids], leak=float(cfg["partition.leak"]),
+            kinds=[group_names[c] for c in cids], leak=float(cfg["partition.leak"]), cache=cache_dir(),
         )
         for cid, rows in zip(cids, sub, strict=True):
             parts[cid] = pool[rows]

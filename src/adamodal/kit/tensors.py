@@ -35,6 +35,12 @@ class Tensors:
             self.m_img[rows], self.m_txt[rows], self.y[rows],
         )
 
+    def slice(self, start: int, stop: int) -> Tensors:
+        """Rows ``start:stop`` as views, no copy (``subset`` gathers, so it copies)."""
+        cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return Tensors(cut(self.x_img), cut(self.x_txt), self.m_img[start:stop], self.m_txt[start:stop],
+                       self.y[start:stop])
+
     def to(self, device: torch.device | str) -> Tensors:
         if str(device) == "cpu":
             return self

@@ -180,8 +180,9 @@ def predict(model: nn.Module, data: Tensors, task: str, batch_size: int = 2048) 
     device = next(model.parameters()).device
     outs = []
     for start in range(0, len(data), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(data)))
-        batch = data.subset(rows).to(device)
+        # consecutive rows as views: a gathered copy of a 2,000-row server view per client and
+        # evaluation was a tenth of the time of evaluating
+        batch = data.slice(start, min(start + batch_size, len(data))).to(device)
         outs.append(scores_from_logits(forward(model, batch), task).float().cpu())
     if not outs:
         return np.zeros((0, 0), dtype=np.float32)
