@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/adamodal demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -147,7 +147,7 @@ def test_kd_lowers_the_students_kl_to_its_teacher(small_experiment):
         m.scores[cid] = reply.scalars["val_auc"]
     m.teachers = [teacher]
     ctx = _ctx(exp, m, teacher, states)
-    m.packages = {teacher: m.client_step("teach", 1, ctx, Message()).arrays}
+    m.aggregate("teach", 1, {teacher: m.client_step("teach", 1, ctx, Message())})  # decoded as the server keeps it
     msg = m.kd_message(student)
     assert msg.scalars["teachers"] == 1
     t_model = m.build()

@@ -10,12 +10,14 @@ from adamodal.methods.adamodal import upload
 def test_int8_deltas_round_trip_within_one_step_and_without_bias():
     rng = np.random.default_rng(0)
     ref = {"w": rng.normal(size=(64, 32)).astype(np.float32), "b": rng.normal(size=32).astype(np.float32),
-           "n": np.array(7, np.int64)}
+           "t": np.array(0.5, np.float32), "n": np.array(7, np.int64)}
     trained = {"w": ref["w"] + 0.01 * rng.normal(size=(64, 32)).astype(np.float32),
-               "b": ref["b"] + 0.01 * rng.normal(size=32).astype(np.float32), "n": ref["n"]}
+               "b": ref["b"] + 0.01 * rng.normal(size=32).astype(np.float32), "t": np.array(0.4, np.float32),
+               "n": ref["n"]}
     sent = upload.encode(trained, ref, "int8", np.random.default_rng(1))
     assert sent["q:w"].dtype == np.int8 and sent["s:w"].shape == (64,) and sent["n"] is trained["n"]
     back = upload.decode(sent, ref)
+    assert isinstance(back["t"], np.ndarray) and back["t"].shape == () and abs(float(back["t"]) - 0.4) < 1e-6
     step = np.abs(trained["w"] - ref["w"]).max(axis=1, keepdims=True) / 127
     assert (np.abs(back["w"] - trained["w"]) <= step + 1e-7).all()
     # stochastic rounding: averaging many independent encodings converges on the true delta

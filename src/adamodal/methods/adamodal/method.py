@@ -37,9 +37,6 @@ from adamodal.methods.base import (
 from adamodal.metrics import compute_metrics
 from adamodal.model import ModelSpec
 
-#: rows a client's round diagnostics (gate, imputation quality) look at
-DIAGNOSTIC_ROWS = 512
-
 
 class AdaModalFed(Method):
     name = "adamodal"
@@ -331,25 +328,24 @@ class AdaModalFed(Method):
         diagnostics = self.client_diagnostics(model, ctx)
         loss = train_local(model, ctx.train, ctx.cfg, self.terms, task=ctx.spec.task,
                            epochs=int(ctx.cfg["local_epochs"]), generator=ctx.generator, device=self.device)
+        if self.opt["contribution"] == "score":  # the weights need the trained model's score
+            diagnostics.update(self.val_scores(model, ctx))
         params = _trained(model)
         ctx.state = _personal(params)
         return Message(self.upload(_select(params, self.upload_keys(ctx.modalities)), ctx, glob),
-                       {"num_examples": len(ctx.train), "loss": loss, **diagnostics, **self.val_scores(model, ctx)})
+                       {"num_examples": len(ctx.train), "loss": loss, **diagnostics})
 
     @torch.no_grad()
     def client_diagnostics(self, model: AdaModalNet, ctx: ClientContext) -> dict[str, float]:
-        """The received global model's gate values and imputation quality on this client's
-        training rows (aggregates only), for the round's metrics: on at most
-        ``DIAGNOSTIC_ROWS`` of them, a seeded sample, so watching costs little of the round."""
+        """The received global model on this client's validation rows, in one forward pass
+        (aggregates only): macro-AUC and loss, the gate values and the imputation quality,
+        for the round's metrics."""
+        if len(ctx.val) == 0:
+            return {"val_auc": float("nan"), "val_loss": float("nan")}
         model.eval()
-        d = ctx.train
-        if len(d) == 0:
-            return {}
-        if len(d) > DIAGNOSTIC_ROWS:
-            d = d.subset(np.sort(np.random.default_rng([ctx.seed, 13]).choice(len(d), DIAGNOSTIC_ROWS, replace=False)))
-        d = d.to(self.device)
+        d = ctx.val.to(self.device)
         fwd = model.run(d.x_img, d.x_txt, d.m_img, d.m_txt, impute_all=True)
-        out: dict[str, float] = {}
+        out = self._score(fwd.logits, ctx)
         if fwd.gates:
             rows = [g[fwd.rows[m]] for m, g in fwd.gates.items() if bool(fwd.rows[m].any())]
             if rows:
@@ -359,6 +355,13 @@ class AdaModalFed(Method):
         out.update(imputation_quality(fwd.reps, fwd.imputed, paired, torch.Generator().manual_seed(ctx.seed)))
         return out
 
+    @staticmethod
+    def _score(logits: torch.Tensor, ctx: ClientContext) -> dict[str, float]:
+        loss = float(task_loss(logits, ctx.val.y.to(logits.device), ctx.spec.task))
+        scores = scores_from_logits(logits, ctx.spec.task).float().cpu().numpy()
+        auc = compute_metrics(scores, ctx.val.y.numpy(), ctx.spec.task)["macro_auc"]
+        return {"val_auc": float(auc), "val_loss": loss, "val_rows": float(len(ctx.val))}
+
     @torch.no_grad()
     def val_scores(self, model: nn.Module, ctx: ClientContext) -> dict[str, float]:
         """Validation macro-AUC and loss of the model the client predicts with."""
@@ -366,11 +369,7 @@ class AdaModalFed(Method):
             return {"val_auc": float("nan"), "val_loss": float("nan")}
         model.eval()
         v = ctx.val.to(self.device)
-        logits = model(v.x_img, v.x_txt, v.m_img, v.m_txt)
-        loss = float(task_loss(logits, v.y, ctx.spec.task))
-        scores = scores_from_logits(logits, ctx.spec.task).float().cpu().numpy()
-        auc = compute_metrics(scores, ctx.val.y.numpy(), ctx.spec.task)["macro_auc"]
-        return {"val_auc": float(auc), "val_loss": loss, "val_rows": float(len(ctx.val))}
+        return self._score(model(v.x_img, v.x_txt, v.m_img, v.m_txt), ctx)
 
     def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
         glob, know = messages.unpack(msg)

@@ -43,7 +43,8 @@ def decode(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> d
         if k.startswith(QUANT):
             name = k[len(QUANT):]
             delta = dequantize(v, arrays[SCALE + name])
-            out[name] = (reference[name].astype(np.float32) + delta).astype(np.float32)
+            out[name] = np.asarray(reference[name], np.float32) + delta  # 0-d stays an array
+            out[name] = np.asarray(out[name], np.float32)
         else:
             out[k] = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
     return out
@@ -53,12 +54,11 @@ def quantize(delta: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, n
     """(int8 codes, float32 scale per row): ``delta ~= codes * scale[row]``, rounded
     stochastically so the expectation is exact."""
     rows = delta.reshape(delta.shape[0], -1) if delta.ndim > 1 else delta.reshape(1, -1)
-    scale = np.abs(rows).max(axis=1) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    x = rows / scale[:, None]
-    low = np.floor(x)
-    codes = low + (rng.random(x.shape) < (x - low))
-    return np.clip(codes, -127, 127).astype(np.int8).reshape(delta.shape), scale
+    scale = np.abs(rows).max(axis=1) / np.float32(127.0)
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    x = rows / scale[:, None]  # in [-127, 127]; float32 throughout (this runs on every upload)
+    codes = np.floor(x + rng.random(x.shape, dtype=np.float32), out=x)  # floor(x + U): rounds up w.p. frac(x)
+    return np.clip(codes, -127, 127, out=codes).astype(np.int8).reshape(delta.shape), scale
 
 
 def dequantize(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
