@@ -34,7 +34,26 @@ def _resolve(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     return resolve(file_values, overrides)
 
 
+def _import_in_background(*modules: str) -> None:
+    """Import modules needed only at the end of a command (the plot's matplotlib, about a
+    second) on a daemon thread while the run works: torch releases the GIL in its kernels,
+    so the import overlaps the round loop instead of adding to the process time. A failure
+    here is silent; the import in the foreground then reports it."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for m in modules:
+            try:
+                importlib.import_module(m)
+            except Exception:  # noqa: BLE001 - reported by the foreground import
+                return
+
+    threading.Thread(target=load, name="late-imports", daemon=True).start()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")
     from adamodal.config import load_toml, resolve
     from adamodal.report import plot_history, print_table, run_rows
     from adamodal.runtime.simulator import run_experiment

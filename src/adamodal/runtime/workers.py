@@ -40,7 +40,7 @@ from adamodal.runtime.pool import Pool, WorkerError  # noqa: F401 - WorkerError:
 
 #: ``workers=0``: start the workers once the remaining client work, projected from the seconds
 #: the clients took so far, reaches this (chosen by measurement: docs/performance.md, "Workers")
-AUTO_MIN_REMAINING_S = 30.0
+AUTO_MIN_REMAINING_S = 20.0
 
 
 def available_cores() -> int:
