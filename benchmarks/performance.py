@@ -32,17 +32,26 @@ def run(label: str, out: Path, **overrides: Any) -> dict[str, Any]:
     run_dir = out / "runs" / label
     sets = [f"{k}={v}" for k, v in overrides.items()]
     cmd = [sys.executable, "-m", "adamodal.cli", "run", "--quiet", "--force", "--out", str(run_dir), "--set", *sets]
+    wall, peak = timed_process(cmd)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["_wall_process_s"] = wall
+    summary["_peak_rss_mb"] = peak
+    return summary
+
+
+def timed_process(cmd: list[str], cpu: bool = False) -> Any:
+    """Wall seconds and peak RSS (MB, Linux reports KiB) of a child process (and its CPU seconds, user + system,
+    with ``cpu``); its failure stops the benchmark."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label}: adamodal run failed:\n{err[-2000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["_wall_process_s"] = wall
-    summary["_peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    return summary
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{err[-3000:]}")
+    if cpu:
+        return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss / 1024
 
 
 def train_s(summary: dict[str, Any]) -> float:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from performance import run as adamodal_run  # noqa: E402
-from performance import table  # noqa: E402
+from performance import table, timed_process  # noqa: E402
 
 FMNIST = {"dataset": "fmnist", "towers": "small", "model": "cnn", "clients.multimodal": 0, "clients.image_only": 10,
           "clients.text_only": 0, "partition": "dirichlet", "partition.alpha": 0.5, "optimizer": "sgd",
@@ -54,21 +54,6 @@ def load_average() -> str:
         return " / ".join(f"{v:.1f}" for v in os.getloadavg())
     except OSError:
         return "?"
-
-
-def timed_process(cmd: list[str], cpu: bool = False) -> Any:
-    """Wall seconds and peak RSS (MB) of a child process (and its CPU seconds, user + system,
-    with ``cpu``); its failure stops the benchmark."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{err[-3000:]}")
-    if cpu:
-        return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
-    return wall, usage.ru_maxrss / 1024
 
 
 def export_clients(values: dict[str, Any], path: Path) -> dict[str, int]:
