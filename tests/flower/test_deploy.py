@@ -85,7 +85,8 @@ def test_tls_deployment_completes_and_matches_the_simulator(tls_consortium, tmp_
     assert set(dep["groups"]) == {"multimodal", "image_only", "text_only"}
     _assert_same_metrics(dep, ref)
     # bytes counted from the Flower records: the same payload plus .npy headers
-    assert ref["bytes_up"] < dep["bytes_up"] < ref["bytes_up"] * 1.01
+    # Flower frames each array (name, dtype, shape): 1-2% more for int8 uploads, two arrays a parameter
+    assert ref["bytes_up"] < dep["bytes_up"] < ref["bytes_up"] * 1.02
     assert ref["bytes_down"] < dep["bytes_down"] < ref["bytes_down"] * 1.01
 
 

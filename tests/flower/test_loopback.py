@@ -35,7 +35,8 @@ def test_the_flower_code_path_equals_the_simulator(tmp_path, method, extra):
     cfg, summary = _run(tmp_path, method=method, **extra)
     ref = Simulator(prepare(cfg, progress=False), tmp_path / "ref", progress=False).run()
     assert summary["groups"] == ref["groups"] and summary["test"] == ref["test"]
-    assert ref["bytes_up"] <= summary["bytes_up"] <= ref["bytes_up"] * 1.01
+    # Flower frames each array (name, dtype, shape): 1-2% more for int8 uploads, two arrays a parameter
+    assert ref["bytes_up"] <= summary["bytes_up"] <= ref["bytes_up"] * 1.02
 
 
 def test_a_silent_client_is_dropped_when_min_clients_allows(tmp_path):

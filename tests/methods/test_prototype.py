@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.test_privacy import per_sample_leaks
+from tests.kit.test_privacy import per_sample_leaks
 
 from adamodal.config import resolve
 from adamodal.errors import ConfigError
