@@ -47,6 +47,10 @@ VARIANTS = {
     "label-aware pairing + matched-centroid imputation": {"adamodal.impute": "cross_attention",
                                                          "adamodal.cross_attention": "false",
                                                          "adamodal.match_labels": "1"},
+    "modality parts averaged over all clients": {"adamodal.modality_average": "all"},
+    "all-client averaging + beta=0": {"adamodal.modality_average": "all", "adamodal.beta": "0"},
+    "modality parts averaged over their holders only": {"adamodal.modality_average": "holders"},
+    "one epoch each of warm-up and kd": {"adamodal.warmup_epochs": "1", "adamodal.kd_epochs": "1"},
     "matched-centroid imputation": {"adamodal.impute": "cross_attention", "adamodal.cross_attention": "false"},
 }
 GROUPS = ("multimodal", "image_only", "text_only")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.kit.test_privacy import per_sample_leaks
 
 from adamodal.config import resolve
 from adamodal.errors import ConfigError
@@ -17,6 +16,7 @@ from adamodal.methods.prototype import Prototype, PrototypeNet, class_statistics
 from adamodal.model import ModelSpec, build_model
 from adamodal.runtime.validate import Limits, validate_replies
 from tests.conftest import with_config
+from tests.kit.test_privacy import per_sample_leaks
 
 SPEC = ModelSpec(task="multiclass", num_classes=3, modalities=("image", "text"), input_kind="features",
                  img_dim=5, txt_dim=4, img_shape=(5,), dim=8)

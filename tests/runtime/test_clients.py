@@ -3,6 +3,8 @@ numbers as scoring it per client."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,12 @@ from torch import nn
 from adamodal.methods import get_method_class, method_names
 from adamodal.runtime.clients import PredictionMemo, evaluate_client, model_fingerprint
 from adamodal.runtime.simulator import Simulator
+
+
+@dataclasses.dataclass
+class Knowledge:
+    keys: dict[str, torch.Tensor]
+    size: int
 
 
 class Flagged(nn.Module):
@@ -36,6 +44,15 @@ def test_the_fingerprint_sees_parameters_flags_and_unregistered_tensors():
     with torch.no_grad():
         b.lin.weight[0, 0] += 1e-6
     assert model_fingerprint(a) != model_fingerprint(b)
+    # plain data (a dataclass of tensors in a dict) counts by content, built twice or not
+    b.load_state_dict(a.state_dict())
+    a.know, b.know = Knowledge({"k": torch.ones(2)}, 1), Knowledge({"k": torch.ones(2)}, 1)
+    assert model_fingerprint(a) == model_fingerprint(b)
+    b.know = Knowledge({"k": torch.tensor([1.0, 2.0])}, 1)
+    assert model_fingerprint(a) != model_fingerprint(b)
+    b.know = Knowledge({"k": torch.ones(2)}, 2)
+    assert model_fingerprint(a) != model_fingerprint(b)
+    b.know = a.know
     # an attribute of another kind counts by identity: never judged equal by accident
     a.helper, b.helper = object(), object()
     b.load_state_dict(a.state_dict())
@@ -64,6 +81,6 @@ def test_memoised_evaluation_equals_scoring_every_client(experiment_for, tmp_pat
             np.testing.assert_array_equal(with_memo.stats[k], without.stats[k])
             np.testing.assert_array_equal(with_memo.server_stats[k], without.server_stats[k])
         assert with_memo.test_metrics == without.test_metrics
-    if method in ("fedavg", "fedprox", "central"):
-        # one global model on every client: each shared view and server-test set is scored once
+    if method in ("fedavg", "fedprox", "central", "adamodal"):
+        # one global model on every client (AdaModal-Fed's knowledge rebuilt per client, equal): each shared view and server-test set is scored once
         assert memo.hits > 0

@@ -10,6 +10,7 @@ algorithm code, the seeds and the evaluation are identical under both runtimes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -81,7 +82,8 @@ def client_step(method: Method, phase: str, rnd: int, ctx: ClientContext, msg: M
 def model_fingerprint(model: torch.nn.Module, keep: list[object] | None = None) -> str:
     """A digest of everything a model's predictions can depend on: its class, parameters and
     buffers, and the plain attributes of each submodule (flags, unregistered tensors). An
-    attribute of any other type is taken by identity (and appended to ``keep``, so that its
+    attribute that is a dataclass, dict, list or tuple of those is taken by content; one of any
+    other type is taken by identity (and appended to ``keep``, so that its
     id cannot be reused by another object while the digest is in use): two models are only
     ever judged equal when they certainly predict the same."""
     h = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=16)
@@ -90,6 +92,37 @@ def model_fingerprint(model: torch.nn.Module, keep: list[object] | None = None) 
         h.update(f"{label}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
 
+    def add_value(v: object) -> None:
+        if isinstance(v, torch.Tensor):
+            add_tensor("", v)
+        elif isinstance(v, np.ndarray):
+            h.update(f"{v.dtype}:{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).view(np.uint8))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            h.update(repr(v).encode())
+        elif isinstance(v, dict) and all(isinstance(k, str) for k in v):
+            h.update(f"dict{len(v)}(".encode())
+            for k in sorted(v):
+                h.update(f"{k}=".encode())
+                add_value(v[k])
+            h.update(b")")
+        elif isinstance(v, (list, tuple)):
+            h.update(f"{type(v).__name__}{len(v)}(".encode())
+            for x in v:
+                add_value(x)
+            h.update(b")")
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            # plain data (e.g. a method's knowledge rebuilt for every client): equal by content
+            h.update(f"{type(v).__qualname__}(".encode())
+            for f in dataclasses.fields(v):
+                h.update(f"{f.name}=".encode())
+                add_value(getattr(v, f.name))
+            h.update(b")")
+        else:
+            h.update(f"{type(v).__qualname__}@{id(v)}".encode())
+            if keep is not None:
+                keep.append(v)
+
     for name, t in model.state_dict().items():
         add_tensor(name, t)
     for mod_name, mod in model.named_modules():
@@ -97,17 +130,7 @@ def model_fingerprint(model: torch.nn.Module, keep: list[object] | None = None) 
             if k.startswith("_"):
                 continue  # parameters, buffers, hooks: covered above or not state
             h.update(f"{mod_name}.{k}=".encode())
-            if isinstance(v, torch.Tensor):
-                add_tensor("", v)
-            elif isinstance(v, np.ndarray):
-                h.update(f"{v.dtype}:{v.shape}".encode())
-                h.update(np.ascontiguousarray(v).view(np.uint8))
-            elif v is None or isinstance(v, (bool, int, float, str)):
-                h.update(repr(v).encode())
-            else:
-                h.update(f"{type(v).__qualname__}@{id(v)}".encode())
-                if keep is not None:
-                    keep.append(v)
+            add_value(v)
     return h.hexdigest()
 
 

@@ -216,7 +216,9 @@ def test_three_rounds_end_to_end_on_emoji(tmp_path):
 
 
 def test_each_projection_is_averaged_over_the_clients_that_hold_its_modality(small_experiment):
-    exp, m = _method(small_experiment, adamodal__rank=32)  # the factorised form, to name its parts
+    """``modality_average=holders``: a modality's parts move by the holders' average alone."""
+    exp, m = _method(small_experiment, adamodal__rank=32,  # the factorised form, to name its parts
+                     adamodal__modality_average="holders")
     rng = np.random.default_rng(0)
     replies = {}
     for cid in (0, 3, 4):  # image+text, image-only, text-only
@@ -261,3 +263,25 @@ def test_compact_uploads_cut_the_bytes_and_keep_the_average(small_experiment, pr
     for k, v in globals_[precision].items():
         assert v.dtype == np.float32
         np.testing.assert_allclose(v, globals_["float32"][k], atol=2e-2, rtol=1e-2)
+
+
+def test_all_client_averaging_counts_non_holders_with_the_weights_they_were_sent(small_experiment):
+    """``modality_average=all``: a client without a modality contributes that modality's
+    parameters as the server sent them, so the projection moves by the holders' share of the
+    rows (FedAvg's damping); the shared parts average as before."""
+    exp, m = _method(small_experiment)  # modality_average=all is the default
+    assert m.opt["modality_average"] == "all"
+    rng = np.random.default_rng(0)
+    before = {k: v.copy() for k, v in m.global_params.items()}
+    replies = {}
+    for cid in (0, 3, 4):  # image+text, image-only, text-only
+        arrays = {k: rng.normal(size=m.global_params[k].shape).astype(np.float32) for k in m.upload_keys(cid)}
+        replies[cid] = Message(arrays, {"num_examples": 10 * (cid + 1), "val_auc": 0.8, "val_loss": 1.0})
+    m.aggregate("train", 2, replies)
+    ns = {0: 10.0, 3: 40.0, 4: 50.0}
+    key = "txt_proj.linear.weight"
+    want = (ns[0] * replies[0].arrays[key] + ns[3] * before[key] + ns[4] * replies[4].arrays[key]) / 100.0
+    np.testing.assert_allclose(m.global_params[key], want, rtol=1e-5, atol=1e-6)
+    key = "classifier.weight"
+    want = sum(ns[c] * replies[c].arrays[key] for c in ns) / 100.0
+    np.testing.assert_allclose(m.global_params[key], want, rtol=1e-5, atol=1e-6)

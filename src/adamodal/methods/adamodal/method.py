@@ -1,9 +1,9 @@
 """AdaModalFed: the four stages driven as phases of the method contract.
 
-Round 1: ``warmup`` -> ``teach`` -> ``kd`` (stage 1) -> ``summarize`` -> ``train`` ->
-``summarize``; every later round: ``train`` (stages 3 and 4 with the server's knowledge, then
-the global update) -> ``summarize`` (stage 2 with the new global projections sent down; the
-server clusters, pairs and computes Z). So the knowledge a round's model is evaluated with
+Round 1: ``warmup`` -> ``teach`` -> ``kd`` (stage 1) -> ``summarize`` (``round1_train`` adds
+``train`` -> ``summarize``); every later round: ``train`` (stages 3 and 4 with the server's
+knowledge, then the global update) -> ``summarize`` (stage 2 with the new global projections
+sent down; the server clusters, pairs and computes Z). So the knowledge a round's model is evaluated with
 describes that model's own space, never the previous round's. This class only routes; the
 stages' work lives in their modules.
 """
@@ -175,7 +175,8 @@ class AdaModalFed(Method):
 
     def average(self) -> None:
         """Stage 4's global update: each global part averaged over the clients that sent it
-        (a modality's projection only over the clients holding that modality), weighted by
+        (with ``modality_average=holders``, a modality's projection only over the clients
+        holding that modality; with ``all``, over every client of the round), weighted by
         ``n_i`` or ``n_i * softmax(score_i / tau_c)``."""
         if not self.round_updates:
             return
@@ -183,9 +184,13 @@ class AdaModalFed(Method):
         n = np.array([self.round_updates[c][1] for c in cids])
         s = np.array([self.round_updates[c][2] for c in cids])
         w = contribution_weights(n, s, str(self.opt["contribution"]), float(self.opt["tau_c"]))
+        everyone = self.opt["modality_average"] == "all"
         for key in self.global_params:
-            have = [(self.round_updates[c][0][key], wi) for c, wi in zip(cids, w, strict=True)
-                    if key in self.round_updates[c][0]]
+            # "all": a client that lacks the modality contributes the weights it was sent, which
+            # damps the step of a projection only a few clients train (FedAvg's dilution)
+            have = [(self.round_updates[c][0].get(key, self.global_params[key] if everyone else None), wi)
+                    for c, wi in zip(cids, w, strict=True)]
+            have = [(a, wi) for a, wi in have if a is not None]
             if have:
                 self.global_params[key] = aggregate_arrays(
                     [{key: a} for a, _ in have], [wi for _, wi in have], str(self.cfg.get("aggregation", "mean")))[key]

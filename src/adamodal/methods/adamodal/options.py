@@ -14,6 +14,7 @@ from adamodal.methods.adamodal.imputation import IMPUTE_MODES
 SHARE_MODES = ("centroids", "embeddings")
 CONTRIBUTION_MODES = ("score", "size")
 PRECISIONS = ("float32", "float16", "int8")
+MODALITY_AVERAGES = ("holders", "all")
 
 DEFAULTS: dict[str, Any] = {
     # stage 1: warm-up and knowledge distillation
@@ -21,9 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.kd_threshold": 0.5,
     "adamodal.kd_temperature": 2.0,
     "adamodal.kd_weight": 1.0,
-    "adamodal.kd_epochs": 2,
+    "adamodal.kd_epochs": 1,
     "adamodal.kd_teachers": 3,
-    "adamodal.warmup_epochs": 2,
+    "adamodal.warmup_epochs": 1,
     "adamodal.round1_train": False,  # a second pass of training in round 1, on the first knowledge
     "adamodal.infonce_temperature": 0.1,
     "adamodal.infonce_weight": 0.5,
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     # local training and the global update
     "adamodal.modality_dropout": 0.3,
     "adamodal.contribution": "size",
+    "adamodal.modality_average": "all",  # non-holders count with the weights they were sent; or "holders"
     "adamodal.tau_c": 1.0,
     "adamodal.rank": 0,
     "adamodal.adapter_rank": 0,
@@ -60,7 +62,7 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """``{short key: value}`` from the config, checked; one ConfigError naming the key."""
     o = {k.split(".", 1)[1]: cfg.get(k, v) for k, v in DEFAULTS.items()}
     for key, valid in (("share", SHARE_MODES), ("impute", IMPUTE_MODES), ("contribution", CONTRIBUTION_MODES),
-                       ("upload_precision", PRECISIONS)):
+                       ("upload_precision", PRECISIONS), ("modality_average", MODALITY_AVERAGES)):
         if o[key] not in valid:
             raise ConfigError(f"adamodal.{key}: {o[key]!r} is not one of {', '.join(valid)}")
     if not 0 < float(o["kd_threshold"]) < 1:
