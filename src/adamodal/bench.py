@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,30 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
     same as one run after another (each run trains with ``threads`` torch threads, 1 by
     default, so parallel runs do not contend for the cores they share).
     """
-    from adamodal.config import resolve
+    todo: list[tuple[str, int, dict[str, Any], Path]] = []
+    for label, overrides in variants.items():
+        for seed in seeds:
+            values = {**base, **overrides, "seed": seed}
+            todo.append((label, seed, values, out / label.replace(" ", "_").replace("=", "-") / f"seed{seed}"))
+    jobs = min(len(todo), jobs if jobs > 0 else default_jobs())
+    # the workers start (and import torch) while this process checks every variant
+    pool = _start_pool(jobs) if jobs > 1 else None
+    try:
+        from adamodal.config import resolve
+
+        for _, _, values, _ in todo:
+            resolve({}, values)  # a bad variant fails here, before any run has started
+        done: dict[tuple[str, int], dict[str, Any]] = {}
+        if pool is None:
+            for label, seed, values, run_dir in todo:
+                if not quiet:
+                    print(f"== {label} seed {seed}", file=sys.stderr)
+                done[(label, seed)] = _one_run(values, str(run_dir), not quiet)
+        else:  # the runs already fill the cores: a run's own worker pool would only contend
+            _run_parallel(pool, [(lb, sd, {"workers": 1, **v}, d) for lb, sd, v, d in todo], jobs, done, quiet=quiet)
+    finally:
+        if pool is not None:  # the workers exit while the tables and plots are made
+            pool.shutdown(wait=False, cancel_futures=True)
     from adamodal.report import (
         CAPTION,
         comparison_rows,
@@ -54,21 +78,6 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
         print_table,
     )
 
-    todo: list[tuple[str, int, dict[str, Any], Path]] = []
-    for label, overrides in variants.items():
-        for seed in seeds:
-            values = {**base, **overrides, "seed": seed}
-            resolve({}, values)  # a bad variant fails here, before any run has started
-            todo.append((label, seed, values, out / label.replace(" ", "_").replace("=", "-") / f"seed{seed}"))
-    jobs = min(len(todo), jobs if jobs > 0 else default_jobs())
-    done: dict[tuple[str, int], dict[str, Any]] = {}
-    if jobs <= 1:
-        for label, seed, values, run_dir in todo:
-            if not quiet:
-                print(f"== {label} seed {seed}", file=sys.stderr)
-            done[(label, seed)] = _one_run(values, str(run_dir), not quiet)
-    else:
-        _run_parallel(todo, jobs, done, quiet=quiet)
     runs: dict[str, list[dict[str, Any]]] = {}
     for label, seed, _, _ in todo:
         runs.setdefault(label, []).append(done[(label, seed)])
@@ -95,26 +104,47 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
     return runs
 
 
-def _run_parallel(todo: list[tuple[str, int, dict[str, Any], Path]], jobs: int,
-                  done: dict[tuple[str, int], dict[str, Any]], *, quiet: bool) -> None:
-    """The runs in ``jobs`` worker processes (spawned: a forked copy of a process that has
-    used torch's thread pool can hang); a failed run stops the rest and raises its error."""
+def _warm() -> None:
+    """A worker's first task: the imports every run needs, done before the runs arrive."""
+    import adamodal.runtime.simulator  # noqa: F401
+
+
+def _start_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes (spawned: a forked copy of a process that has used torch's
+    thread pool can hang), each started on its imports at once."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(jobs):
+        pool.submit(_warm)
+    return pool
+
+
+def _run_parallel(pool: ProcessPoolExecutor, todo: list[tuple[str, int, dict[str, Any], Path]], jobs: int,
+                  done: dict[tuple[str, int], dict[str, Any]], *, quiet: bool) -> None:
+    """The runs on ``pool``; a failed run stops the rest and raises its error."""
+    from concurrent.futures import as_completed
 
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_one_run, values, str(run_dir), False): (label, seed)
-                   for label, seed, values, run_dir in todo}
+    from adamodal.config import resolve
+    from adamodal.methods import get_method_class
+
+    def cost(values: dict[str, Any]) -> float:
+        return get_method_class(str(resolve({}, values)["method"])).relative_cost
+
+    # longest first: a long run started last would keep one core busy after the rest are done
+    order = sorted(todo, key=lambda t: -cost(t[2]))
+    futures = {pool.submit(_one_run, values, str(run_dir), False): (label, seed)
+               for label, seed, values, run_dir in order}
+    if not quiet:
+        print(f"== {len(todo)} runs, {jobs} at a time", file=sys.stderr)
+    for fut in as_completed(futures):
+        label, seed = futures[fut]
+        if fut.exception() is not None:
+            for other in futures:
+                other.cancel()  # those not started yet; running ones finish
+            raise fut.exception()  # type: ignore[misc]
+        done[(label, seed)] = fut.result()
         if not quiet:
-            print(f"== {len(todo)} runs, {jobs} at a time", file=sys.stderr)
-        for fut in as_completed(futures):
-            label, seed = futures[fut]
-            if fut.exception() is not None:
-                for other in futures:
-                    other.cancel()  # those not started yet; running ones finish
-                raise fut.exception()  # type: ignore[misc]
-            done[(label, seed)] = fut.result()
-            if not quiet:
-                print(f"== {label} seed {seed} done ({done[(label, seed)]['wall_s']:.1f} s in its loop, "
-                      f"{time.perf_counter() - t0:.1f} s since the start)", file=sys.stderr)
+            print(f"== {label} seed {seed} done ({done[(label, seed)]['wall_s']:.1f} s in its loop, "
+                  f"{time.perf_counter() - t0:.1f} s since the start)", file=sys.stderr)

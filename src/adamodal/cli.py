@@ -95,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from adamodal.bench import run_bench
 
     t0 = time.perf_counter()
+    _import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")  # for the closing plots
     run_bench(["local", "fedavg", "adamodal", "central"], [0], {}, args.out, quiet=args.quiet,
               title="adamodal demo (default scenario)", jobs=args.jobs)
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; plots: {args.out}/comparison.png, "

@@ -124,6 +124,9 @@ class Method(ABC):
     input_kinds: ClassVar[tuple[str, ...]] = ("features", "raw")
     #: True when the method cannot run without the server's public paired set (``split.public``)
     needs_public: ClassVar[bool] = False
+    #: a run's rough cost relative to FedAvg's on the same scenario (measured on the emoji
+    #: demo); only used to start the longest runs first when several go in parallel
+    relative_cost: ClassVar[float] = 1.0
 
     def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
         self.cfg = cfg

@@ -27,6 +27,7 @@ class Central(Method):
     name = "central"
     description = "pooled data, one model (upper bound; not federated)"
     moves_raw_data = True
+    relative_cost = 0.8
 
     def __init__(self, cfg: dict, spec: ModelSpec, clients: list[ClientInfo]) -> None:
         super().__init__(cfg, spec, clients)

@@ -11,6 +11,7 @@ from adamodal.methods.base import ClientContext, Message, Method, load_arrays, s
 class Local(Method):
     name = "local"
     description = "each client alone (lower bound)"
+    relative_cost = 1.2
 
     def configure(self, phase: str, rnd: int, cids: list[int]) -> dict[int, Message]:
         return {cid: Message() for cid in cids}

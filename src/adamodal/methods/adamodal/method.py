@@ -43,6 +43,7 @@ class AdaModalFed(Method):
     description = ("AdaModal-Fed: distillation, shared space, clustered summaries, gated propagation; "
                    "cross-attention imputation with adamodal.impute=cross_attention")
     config_defaults = DEFAULTS
+    relative_cost = 1.6
 
     def __init__(self, cfg: dict[str, Any], spec: ModelSpec, clients: list[ClientInfo]) -> None:
         super().__init__(cfg, spec, clients)
