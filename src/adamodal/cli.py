@@ -53,10 +53,13 @@ def _import_in_background(*modules: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")
     from adamodal.config import load_toml, resolve
     from adamodal.report import plot_history, print_table, run_rows
     from adamodal.runtime.simulator import run_experiment
+
+    # once torch itself is in: torch._dynamo, which the first optimizer a process builds
+    # imports (about a second, in torch.optim's own code), and the plot's matplotlib
+    _import_in_background("torch._dynamo", "matplotlib.figure", "matplotlib.backends.backend_agg")
 
     if args.resume:
         out = Path(args.resume)
