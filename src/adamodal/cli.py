@@ -53,13 +53,10 @@ def _import_in_background(*modules: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")
     from adamodal.config import load_toml, resolve
     from adamodal.report import plot_history, print_table, run_rows
     from adamodal.runtime.simulator import run_experiment
-
-    # once torch itself is in: torch._dynamo, which the first optimizer a process builds
-    # imports (about a second, in torch.optim's own code), and the plot's matplotlib
-    _import_in_background("torch._dynamo", "matplotlib.figure", "matplotlib.backends.backend_agg")
 
     if args.resume:
         out = Path(args.resume)
@@ -208,7 +205,8 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
-JOBS_HELP = "runs in parallel worker processes (0 = one per core, 1 = one after another; same results)"
+JOBS_HELP = ("runs in parallel worker processes (0 = one per core, 1 = one after another; same results); "
+             "in parallel, each run keeps to workers=1 and the longest methods start first")
 
 
 def build_parser() -> argparse.ArgumentParser:
