@@ -51,6 +51,8 @@ VARIANTS = {
     "all-client averaging + beta=0": {"adamodal.modality_average": "all", "adamodal.beta": "0"},
     "modality parts averaged over their holders only": {"adamodal.modality_average": "holders"},
     "one epoch each of warm-up and kd": {"adamodal.warmup_epochs": "1", "adamodal.kd_epochs": "1"},
+    "modality dropout 0.5": {"adamodal.modality_dropout": "0.5"},
+    "k=64 server centres": {"adamodal.k": "64"},
     "matched-centroid imputation": {"adamodal.impute": "cross_attention", "adamodal.cross_attention": "false"},
 }
 GROUPS = ("multimodal", "image_only", "text_only")
