@@ -105,8 +105,7 @@ def run_variants(variants: dict[str, dict[str, Any]], seeds: list[int], base: di
 
 
 def _warm() -> None:
-    """A worker's first task: the imports every run needs, done before the runs arrive
-    (torch._dynamo is what torch.optim imports when a process builds its first optimizer)."""
+    """A worker's first task: the imports every run needs, done before the runs arrive."""
     import torch._dynamo  # noqa: F401
 
     import adamodal.runtime.simulator  # noqa: F401

@@ -3,9 +3,9 @@
 Round 1: ``warmup`` -> ``teach`` -> ``kd`` (stage 1) -> ``summarize`` (``round1_train`` adds
 ``train`` -> ``summarize``); every later round: ``train`` (stages 3 and 4 with the server's
 knowledge, then the global update) -> ``summarize`` (stage 2 with the new global projections
-sent down; the server clusters, pairs and computes Z). So the knowledge a round's model is evaluated with
-describes that model's own space, never the previous round's. This class only routes; the
-stages' work lives in their modules.
+sent down; the server clusters, pairs and computes Z). So the knowledge a round's model is
+evaluated with describes that model's own space, never the previous round's. This class only
+routes; the stages' work lives in their modules.
 """
 
 from __future__ import annotations
