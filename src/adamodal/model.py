@@ -138,6 +138,15 @@ class MultimodalNet(nn.Module):
         if self.fusion is None:
             (only,) = reps.values()
             return self.adapter(only)
+        if len(reps) == 1 and not torch.is_grad_enabled():
+            # inference on one modality: the gate's weight is exactly 1 on its rows and 0
+            # elsewhere (softmax over one unmasked slot), so it is not computed. Training still
+            # runs it, so its parameters get their (zero) gradients and any weight decay, as in
+            # the batched path
+            (m, only), = reps.items()
+            present = m_img if m == "image" else m_txt
+            fused = self.adapter(only)
+            return fused if bool(present.all()) else fused * present.unsqueeze(-1).to(fused.dtype)
         batch = m_img.shape[0]
         ref = next(iter(reps.values()))
         zeros = torch.zeros(batch, self.rep_dim, device=ref.device, dtype=ref.dtype)

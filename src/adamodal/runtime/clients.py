@@ -86,7 +86,8 @@ def model_fingerprint(model: torch.nn.Module, keep: list[object] | None = None) 
     other type is taken by identity (and appended to ``keep``, so that its
     id cannot be reused by another object while the digest is in use): two models are only
     ever judged equal when they certainly predict the same."""
-    h = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=16)
+    # SHA-256: hardware-accelerated on current CPUs, twice blake2b's speed on a model's MBs
+    h = hashlib.sha256(type(model).__qualname__.encode())
 
     def add_tensor(label: str, t: torch.Tensor) -> None:
         h.update(f"{label}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -10,6 +10,7 @@ classes it has never seen.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,12 +31,13 @@ class ForgetGate(nn.Module):
         nn.init.constant_(self.linear[1].bias, 1.0)
 
     def gate(self, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.linear(torch.cat([r, z], dim=-1)) / self.tau)
+        logits = self.linear(torch.cat([r, z], dim=-1))
+        return torch.sigmoid(logits if self.tau == 1.0 else logits / self.tau)
 
     def forward(self, r: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mixed representation and the gate values (returned, for the round's metrics)."""
         g = self.gate(r, z)
-        return g * r + (1 - g) * z, g
+        return torch.lerp(z, r, g), g  # z + g * (r - z), one kernel
 
 
 def propagation_loss(reps: dict[str, torch.Tensor], protos: dict[str, torch.Tensor],
@@ -47,7 +49,11 @@ def propagation_loss(reps: dict[str, torch.Tensor], protos: dict[str, torch.Tens
     loss = None
     for m, z in protos.items():
         keep = rows[m]
-        if bool(keep.any()):
-            term = beta * torch.mean((reps[m][keep] - z[keep]) ** 2)
-            loss = term if loss is None else loss + term
+        if bool(keep.all()):  # every row has the modality: no gather
+            term = beta * F.mse_loss(reps[m], z)
+        elif bool(keep.any()):
+            term = beta * F.mse_loss(reps[m][keep], z[keep])
+        else:
+            continue
+        loss = term if loss is None else loss + term
     return loss
