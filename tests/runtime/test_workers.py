@@ -155,3 +155,34 @@ def test_a_phase_interrupted_in_the_main_process_still_stops_the_workers(small_e
     clients.close()
     assert time.monotonic() - start < 15
     assert procs and not any(p.is_alive() for p in procs)
+
+
+def test_workers_evaluate_while_the_caller_scores_the_server_model(small_experiment, tmp_path, monkeypatch):
+    """``begin_evaluate``: in the workers the requests go out at once (the server scores its own
+    model meanwhile) and the collected result is the in-process one; in process nothing runs
+    before the result is asked for (a client may reuse the server model's instance)."""
+    exp = with_config(small_experiment, method="fedavg", workers=2)
+    sim = Simulator(exp, tmp_path / "w", progress=False)
+    sim.method.init_server()
+    messages = {c.cid: sim.method.eval_message(c.cid) for c in exp.clients}
+    clients = sim.clients
+    clients.step("train", 1, 0, sim.method.configure("train", 1, sorted(messages)))  # workers in use
+    collect = clients.begin_evaluate(1, messages, False)
+    assert clients.pool.busy  # already sent: the workers evaluate while the caller goes on
+    in_workers = collect()
+    assert not clients.pool.busy
+    clients.close()
+
+    local = Simulator(with_config(small_experiment, method="fedavg", workers=1), tmp_path / "1", progress=False)
+    local.method.init_server()
+    local.clients.step("train", 1, 0, local.method.configure("train", 1, sorted(messages)))
+    calls = []
+    real = local.clients.evaluate
+    monkeypatch.setattr(local.clients, "evaluate", lambda *a: calls.append(a) or real(*a))
+    later = local.clients.begin_evaluate(1, {c: local.method.eval_message(c) for c in messages}, False)
+    assert calls == []  # nothing ran yet
+    in_process = later()
+    assert len(calls) == 1
+    assert sorted(in_process) == sorted(in_workers)
+    for cid in in_process:
+        assert in_process[cid].metrics == in_workers[cid].metrics

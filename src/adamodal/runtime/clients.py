@@ -200,6 +200,14 @@ class Clients(ABC):
     def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
         """Have every client evaluate its model; ``server_tests`` asks for server-test metrics too."""
 
+    def begin_evaluate(self, rnd: int, messages: dict[int, Message],
+                       server_tests: bool) -> Callable[[], dict[int, ClientEval]]:
+        """:meth:`evaluate` as a function to call for its result. Clients that run elsewhere
+        (worker processes) start at once, so the server can score its own model meanwhile;
+        by default nothing starts before the call (clients in this process may share the
+        server's model instance)."""
+        return lambda: self.evaluate(rnd, messages, server_tests)
+
     def nbytes(self, msg: Message) -> int:
         """Bytes ``msg`` costs on this runtime's wire (in process: :meth:`Message.nbytes`)."""
         return msg.nbytes()

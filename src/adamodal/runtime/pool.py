@@ -208,6 +208,13 @@ class Pool:
              what: str, timeout: float = 0.0, progress: Callable[[int], None] | None = None) -> dict[int, Any]:
         """Send each worker the request for its clients' items (``args(worker, items)``), and
         merge the per-client dicts all of them return. ``timeout`` per client (0: none)."""
+        return self.submit(kind, items, args, what, timeout, progress)()
+
+    def submit(self, kind: str, items: dict[int, Any], args: Callable[[int, dict[int, Any]], tuple],
+               what: str, timeout: float = 0.0,
+               progress: Callable[[int], None] | None = None) -> Callable[[], dict[int, Any]]:
+        """:meth:`call` in two halves: send the requests now, and return the function that
+        waits for the replies and merges them, so the caller can work while the workers do."""
         split: dict[int, dict[int, Any]] = {}
         for cid, item in items.items():
             split.setdefault(self.worker_of[cid], {})[cid] = item
@@ -223,9 +230,12 @@ class Pool:
             if progress is not None:
                 progress(len(reply))
 
-        self._await(set(split), what, deadline, take)
-        self.busy = False
-        return merged
+        def collect() -> dict[int, Any]:
+            self._await(set(split), what, deadline, take)
+            self.busy = False
+            return merged
+
+        return collect
 
     def broadcast(self, kind: str, args: Callable[[int], Any], what: str) -> list[Any]:
         """One request to every worker (``args(worker)``); their answers in worker order."""

@@ -239,15 +239,17 @@ class Simulator:
         t0 = time.perf_counter()
         task = self.exp.spec.task
         method = self.method
-        # the server model is scored first: methods may reuse one model instance, so loading a
-        # client's weights below must not be able to change what the server model predicts
+        # the server model is scored before any client loads its model here: methods may reuse
+        # one model instance, so a client's weights must not change what the server model
+        # predicts; clients in worker processes start first and evaluate meanwhile
         global_model = method.global_model()
+        infos = {c.cid: c for c in self.exp.infos()}
+        clients_done = self.clients.begin_evaluate(
+            rnd, {cid: method.eval_message(cid) for cid in infos}, server_tests=global_model is None and final)
         server_scores = {}
         if global_model is not None:
             server_scores = {cond: predict(global_model, data, task) for cond, data in self.exp.test.items()}
-        infos = {c.cid: c for c in self.exp.infos()}
-        evals: dict[int, ClientEval] = self.clients.evaluate(
-            rnd, {cid: method.eval_message(cid) for cid in infos}, server_tests=global_model is None and final)
+        evals: dict[int, ClientEval] = clients_done()
         # pooled per group from the clients' summed statistics: no row leaves a client
         pooled: dict[str, list[dict[str, np.ndarray]]] = {}
         pooled_server: dict[str, list[dict[str, np.ndarray]]] = {}

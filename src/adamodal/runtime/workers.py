@@ -173,12 +173,29 @@ class WorkerClients(InProcessClients):
         return {cid: merged[cid] for cid in messages}
 
     def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
+        return self.begin_evaluate(rnd, messages, server_tests)()
+
+    def begin_evaluate(self, rnd: int, messages: dict[int, Message],
+                       server_tests: bool) -> Callable[[], dict[int, ClientEval]]:
+        """In the workers: sent now, collected by the returned function (the server scores its
+        model in between, on a core the workers leave idle while it does). In process: run
+        when called, after the server's scoring, as :class:`InProcessClients` does."""
+        if self.wait_for_workers and self.pool is not None and not self.in_use and not self.pool.ready(block=False):
+            # the workers are still starting: the server scores meanwhile, and they get the
+            # evaluation once ready
+            return lambda: self._begin_evaluate(rnd, messages, server_tests)()
+        return self._begin_evaluate(rnd, messages, server_tests)
+
+    def _begin_evaluate(self, rnd: int, messages: dict[int, Message],
+                        server_tests: bool) -> Callable[[], dict[int, ClientEval]]:
         if not self._pool_ready():
-            self.local_calls += 1
-            t0 = time.perf_counter()
-            out = super().evaluate(rnd, messages, server_tests)
-            self._account(rnd, time.perf_counter() - t0)
-            return out
+            def local() -> dict[int, ClientEval]:
+                self.local_calls += 1
+                t0 = time.perf_counter()
+                out = InProcessClients.evaluate(self, rnd, messages, server_tests)
+                self._account(rnd, time.perf_counter() - t0)
+                return out
+            return local
         self.worker_calls += 1
         pool = self.pool
 
@@ -189,8 +206,12 @@ class WorkerClients(InProcessClients):
             return rnd, msgs, tests, server_tests
 
         what = f"round {rnd} evaluation"
-        merged = pool.call("evaluate", messages, args, what, progress=self._bar(what, len(messages)))
-        return {cid: merged[cid] for cid in messages}
+        collect = pool.submit("evaluate", messages, args, what, progress=self._bar(what, len(messages)))
+
+        def merged() -> dict[int, ClientEval]:
+            replies = collect()
+            return {cid: replies[cid] for cid in messages}
+        return merged
 
     def _bar(self, desc: str, total: int) -> Callable[[int], None] | None:
         if not self.progress:
