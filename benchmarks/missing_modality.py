@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="assignments", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run; they win over the scenarios' keys")
     p.add_argument("--out", type=Path, default=Path("runs/suite"))
+    p.add_argument("--rerun", default="", metavar="METHODS",
+                   help="comma-separated methods to run afresh instead of reusing their cached records "
+                        "(results are cached by config, not code: name a method after changing it)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tables-only", action="store_true",
                    help="run nothing: rebuild results.md and headroom.png from the records already in --out")
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             records = cached_records(args.out, scenarios, seeds, _names(args.methods))
         else:
             records = run_suite(scenarios, seeds, _names(args.methods), args.out,
-                                overrides=parse_assignments(args.assignments), rounds=args.rounds, quiet=args.quiet)
+                                overrides=parse_assignments(args.assignments), rounds=args.rounds, quiet=args.quiet,
+                                rerun=_names(args.rerun))
     except AdamodalError as exc:
         print(f"missing_modality: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -131,6 +131,16 @@ def test_the_suite_caches_and_resumes(tmp_path: Path, stubs) -> None:
     assert len(stubs["ceiling"]) == 5
 
 
+def test_rerun_replaces_a_methods_cached_records_and_nothing_else(tmp_path: Path, stubs) -> None:
+    suite.run_suite(["carmfl"], [0, 1], ["adamodal"], tmp_path, rounds=3)
+    assert len(stubs["run"]) == 4
+    suite.run_suite(["carmfl"], [0, 1], ["adamodal"], tmp_path, rounds=3, rerun=["adamodal"])
+    assert [(r[1], r[2], r[4]) for r in stubs["run"][4:]] == [("adamodal", 0, False), ("adamodal", 1, False)]
+    assert len(stubs["ceiling"]) == 2  # the ceiling and FedAvg came from the cache
+    with pytest.raises(ConfigError, match="--rerun fedprox"):
+        suite.run_suite(["carmfl"], [0], ["adamodal"], tmp_path, rounds=3, rerun=["fedprox"])
+
+
 def test_a_new_ceiling_version_redoes_the_ceilings(tmp_path: Path, stubs, monkeypatch) -> None:
     import adamodal.ceiling
 

@@ -11,7 +11,9 @@ Every (scenario, method, seed) result and every (scenario, seed) ceiling is cach
 JSON file under ``out/results/<scenario>/`` together with a digest of the config it came from:
 an interrupted suite resumes (a run killed mid-way continues from its checkpoint in
 ``out/runs/``), adding a method runs only that method, and changing a key (``--rounds``,
-``--set``) reruns what it touches instead of reusing a stale number.
+``--set``) reruns what it touches instead of reusing a stale number. The digest covers the
+config, not the code: after changing a method, ``rerun`` names it so that its cached records
+and run folders are replaced rather than reused.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 
 from adamodal.config import Config, load_toml, resolve
 from adamodal.data.scenario import GROUPS
-from adamodal.errors import AdamodalError
+from adamodal.errors import AdamodalError, ConfigError
 
 #: the reference every other method is measured against
 REFERENCE = "fedavg"
@@ -107,18 +109,20 @@ def _same_config(path: Path, cfg: Config) -> bool:
         return False
 
 
-def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None = None) -> dict[str, Any]:
+def run_method(cfg: Config, out: Path, *, quiet: bool = True, label: str | None = None,
+               rerun: bool = False) -> dict[str, Any]:
     """One (scenario, method, seed): from the cache, else resumed or run with the in-process
-    simulator; what the tables need, as a JSON record. ``label`` names a variant."""
+    simulator; what the tables need, as a JSON record. ``label`` names a variant; ``rerun``
+    runs it afresh whatever is cached (the code changed, the config did not)."""
     from adamodal.runtime.simulator import CHECKPOINT, run_experiment
 
     scenario, method, seed = cfg["scenario"], label or cfg["method"], int(cfg["seed"])
     path = out / "results" / scenario / f"{method}-seed{seed}.json"
     want = digest(cfg, other_methods_keys(str(cfg["method"])))
-    if (hit := _cached(path, want)) is not None:
+    if not rerun and (hit := _cached(path, want)) is not None:
         return hit
     run_dir = out / "runs" / scenario / method / f"seed{seed}"
-    same = (run_dir / "config.toml").exists() and _same_config(run_dir / "config.toml", cfg)
+    same = not rerun and (run_dir / "config.toml").exists() and _same_config(run_dir / "config.toml", cfg)
     if same and (run_dir / "summary.json").exists():  # finished, but killed before its record
         summary = json.loads((run_dir / "summary.json").read_text())
     else:
@@ -157,17 +161,21 @@ def run_ceiling(cfg: Config, out: Path, *, quiet: bool = True) -> dict[str, Any]
 
 def run_suite(scenarios: Sequence[str], seeds: Sequence[int], methods: Sequence[str], out: Path, *,
               overrides: Mapping[str, Any] | None = None, rounds: int | None = None,
-              quiet: bool = True) -> list[dict[str, Any]]:
+              quiet: bool = True, rerun: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Every scenario x seed: the ceiling, then every method (FedAvg always, first). Every
-    config is resolved before anything runs, so a typo fails in a second, not an hour in."""
+    config is resolved before anything runs, so a typo fails in a second, not an hour in.
+    The methods in ``rerun`` run afresh instead of coming from the cache."""
     methods = [REFERENCE] + [m for m in methods if m != REFERENCE]
+    if unknown := sorted(set(rerun) - set(methods)):
+        raise ConfigError(f"--rerun {','.join(unknown)}: not among the suite's methods ({', '.join(methods)})")
     configs = {(s, m, seed): suite_config(s, m, seed, overrides, rounds)
                for s in scenarios for m in methods for seed in seeds}
     records = []
     for s in scenarios:
         for seed in seeds:
             records.append(run_ceiling(configs[(s, REFERENCE, seed)], out, quiet=quiet))
-            records.extend(run_method(configs[(s, m, seed)], out, quiet=quiet, label=m) for m in methods)
+            records.extend(run_method(configs[(s, m, seed)], out, quiet=quiet, label=m, rerun=m in rerun)
+                           for m in methods)
     return records
 
 
