@@ -186,3 +186,21 @@ def test_workers_evaluate_while_the_caller_scores_the_server_model(small_experim
     assert sorted(in_process) == sorted(in_workers)
     for cid in in_process:
         assert in_process[cid].metrics == in_workers[cid].metrics
+
+
+def test_idle_cores_counts_only_other_work_since_the_last_reading(monkeypatch):
+    """A job that ended before this run does not count (the load average would count it for
+    minutes); this process's own core counts as idle; too short an interval falls back."""
+    monkeypatch.setattr(workers, "available_cores", lambda: 4)
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(workers.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    readings = iter([
+        (2.0, 2.0, 8.0, 2.0),  # 2 s: 2 of 8 core-seconds busy, all of them this process's
+        (4.0, 8.0, 16.0, 4.0),  # 2 s more: 6 of 8 busy, 2 ours -> 2 cores of other work
+        (4.1, 8.1, 16.4, 4.1),  # 0.1 s: too short to measure -> the load average (5: 4 busy)
+    ])
+    monkeypatch.setattr(workers, "_reading", lambda: next(readings))
+    monkeypatch.setattr(workers, "_last_reading", (0.0, 0.0, 0.0, 0.0))
+    assert workers.idle_cores() == 4
+    assert workers.idle_cores() == 2
+    assert workers.idle_cores() == 1

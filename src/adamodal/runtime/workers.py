@@ -51,15 +51,56 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores summed, from
+    ``/proc/stat`` (steal counts as busy: a core the hypervisor took is not ours); None where
+    there is no such file."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+        ticks = [int(x) for x in parts[1:9]]  # user nice system idle iowait irq softirq steal
+        per_s = float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+    if parts[0] != "cpu" or len(ticks) < 8:
+        return None
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / per_s, sum(ticks) / per_s
+
+
+#: the last reading :func:`idle_cores` measured from: (wall, machine busy s, machine total s,
+#: this process's CPU s); the first is taken when this module loads, at the start of a run
+_last_reading: tuple[float, float, float, float] | None = None
+
+
+def _reading() -> tuple[float, float, float, float] | None:
+    machine = _machine_cpu_s()
+    return None if machine is None else (time.monotonic(), *machine, time.process_time())
+
+
+_last_reading = _reading()
+
+
 def idle_cores() -> int:
-    """The available cores not busy with other work: those minus the 1-minute load average
-    beyond this process's own share (one busy core). The load average is the whole machine's,
-    so this is an estimate, and a conservative one where this process may use only some cores."""
+    """The available cores that other work left idle since the last call (or since this run
+    began): measured from the machine's CPU counters minus this process's own CPU time, so a
+    job that just ended does not count (the 1-minute load average, used where there are no
+    such counters or less than half a second has passed, still counts it for minutes). This
+    process's own busy core counts as idle: it waits while the workers run."""
+    global _last_reading
+    now = _reading()
+    prev, _last_reading = _last_reading, now
+    cores = available_cores()
+    if prev is not None and now is not None and now[0] - prev[0] >= 0.5 and now[2] > prev[2]:
+        machine_cores = os.cpu_count() or cores
+        busy = (now[1] - prev[1]) / (now[2] - prev[2]) * machine_cores  # cores busy, on average
+        own = (now[3] - prev[3]) / (now[0] - prev[0])
+        return max(1, min(cores, int(cores - max(busy - own, 0.0) + 0.5)))
     try:
         load = os.getloadavg()[0]
     except OSError:  # no load average on this platform
-        return available_cores()
-    return max(1, int(available_cores() - max(load - 1.0, 0.0) + 0.5))
+        return cores
+    return max(1, int(cores - max(load - 1.0, 0.0) + 0.5))
 
 
 def resolve_workers(cfg: dict[str, Any], device: torch.device, n_clients: int) -> tuple[int, bool]:
