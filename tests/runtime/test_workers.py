@@ -204,3 +204,20 @@ def test_idle_cores_counts_only_other_work_since_the_last_reading(monkeypatch):
     assert workers.idle_cores() == 4
     assert workers.idle_cores() == 2
     assert workers.idle_cores() == 1
+
+
+def test_automatic_workers_start_during_the_first_phase_when_its_clients_are_slow(small_experiment, monkeypatch):
+    """The decision comes after each client, not after the phase: with few long rounds the
+    workers would otherwise not be ready before the last round began."""
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    monkeypatch.setattr(workers, "idle_cores", lambda: 2)
+    exp = with_config(small_experiment, method="fedavg", rounds=2, workers=0)
+    clients = Simulator(exp, "unused", progress=False).clients
+    assert isinstance(clients, WorkerClients) and clients.pool is None
+    clients.client_done(1, 9.0, 4)  # the run's first client pays one-time costs: not judged
+    assert clients.pool is None
+    clients.client_done(1, 0.01, 4)  # 0.01 s x 4 clients x 2 rounds: not worth workers
+    assert clients.pool is None
+    clients.client_done(1, 5.0, 4)  # 5 s x 4 clients x 2 rounds = 40 s >= AUTO_MIN_REMAINING_S
+    assert clients.pool is not None
+    clients.close()

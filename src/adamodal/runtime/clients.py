@@ -298,7 +298,12 @@ class InProcessClients(Clients):
                 continue
             replies[cid] = reply
             self.states[cid] = ctx.state
+            self.client_done(rnd, took, len(todo))
         return {cid: replies[cid] for cid in cids}
+
+    def client_done(self, rnd: int, seconds: float, phase_clients: int) -> None:  # noqa: B027 - optional
+        """Called after each client's step in this process (``seconds`` it took, of a phase of
+        ``phase_clients``): a hook for deciding on parallel workers early."""
 
     def evaluate(self, rnd: int, messages: dict[int, Message], server_tests: bool) -> dict[int, ClientEval]:
         # clients holding the same model score a shared view once

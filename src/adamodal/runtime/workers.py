@@ -13,7 +13,8 @@ long as every worker uses the same number of torch threads as the in-process run
 Starting workers costs seconds (a fork server that imports torch, see
 :mod:`adamodal.runtime.pool`) and a copy of the clients' data, so ``workers=0`` (automatic, the
 default) starts them only when the work still to come is worth it: the run begins in process,
-and once the clients' measured time projects at least :data:`AUTO_MIN_REMAINING_S` seconds of
+and once the clients' measured time (looked at after every client, so that the workers start
+during the first long phase) projects at least :data:`AUTO_MIN_REMAINING_S` seconds of
 client work in the remaining rounds and at least two cores are idle (:func:`idle_cores`; on a
 busy machine workers were measured to gain nothing), one worker per idle core starts in the
 background while the run goes on in process; it moves to them at the first phase after all of them are ready (the clients'
@@ -162,6 +163,8 @@ class WorkerClients(InProcessClients):
         self.client_s = 0.0  # seconds of client work done in process (auto mode)
         self.rounds_seen: set[int] = set()
         self.local_calls = self.worker_calls = 0  # phases and evaluations run here / in the workers
+        self.next_look = 0.0  # when the automatic mode may next look at the machine's idle cores
+        self.clients_timed = 0
         if not auto:
             self.start()
 
@@ -187,18 +190,35 @@ class WorkerClients(InProcessClients):
         return True
 
     def _account(self, rnd: int, seconds: float) -> None:
-        """Automatic mode: start the workers when the remaining work projects large enough."""
+        """Automatic mode, after a phase: start the workers when the remaining work projects
+        large enough."""
         self.client_s += seconds
         if rnd > 0:
             self.rounds_seen.add(rnd)
-        remaining = self.client_s / max(len(self.rounds_seen), 1) * (int(self.cfg["rounds"]) - rnd)
-        if self.auto and self.pool is None and remaining >= AUTO_MIN_REMAINING_S:
-            # workers only help on idle cores: on a busy machine they add start-up and messages
-            # for no speed (measured: docs/performance.md, "Workers"); look again next phase
-            idle = min(self.workers, idle_cores())
-            if idle >= 2:
-                self.workers = idle
-                self.start()
+        self._maybe_start(self.client_s / max(len(self.rounds_seen), 1) * (int(self.cfg["rounds"]) - rnd))
+
+    def client_done(self, rnd: int, seconds: float, phase_clients: int) -> None:
+        """Automatic mode, after each client in process: a phase whose clients each take this
+        long, in every round still to come, is worth workers, which then start while the
+        phase goes on here (deciding only after the phase came too late for runs of few, long
+        rounds: the workers were not ready before the last round began)."""
+        self.clients_timed += 1
+        if rnd > 0 and self.clients_timed > 1:  # the first pays one-time costs (imports, allocation)
+            self._maybe_start(seconds * phase_clients * (int(self.cfg["rounds"]) - rnd + 1))
+
+    def _maybe_start(self, remaining_s: float) -> None:
+        if not (self.auto and self.pool is None and remaining_s >= AUTO_MIN_REMAINING_S):
+            return
+        now = time.monotonic()
+        if now < self.next_look:
+            return
+        self.next_look = now + 1.0  # idle_cores measures since its last call: give it time
+        # workers only help on idle cores: on a busy machine they add start-up and messages
+        # for no speed (measured: docs/performance.md, "Workers"); look again later
+        idle = min(self.workers, idle_cores())
+        if idle >= 2:
+            self.workers = idle
+            self.start()
 
     def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
         if not self._pool_ready():
