@@ -55,8 +55,7 @@ def _import_in_background(*modules: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     _import_in_background("matplotlib.figure", "matplotlib.backends.backend_agg")
     from adamodal.config import load_toml, resolve
-    from adamodal.report import plot_history, print_table, run_rows
-    from adamodal.runtime.simulator import run_experiment
+    from adamodal.runtime.forkserver import start_early
 
     if args.resume:
         out = Path(args.resume)
@@ -64,6 +63,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = _resolve(args)
         out = args.out or Path("runs") / f"{cfg['dataset']}-{cfg['method']}-s{cfg['seed']}"
+    if int(cfg["workers"]) > 1:  # asked for workers: their fork server imports torch meanwhile
+        start_early()
+    from adamodal.report import plot_history, print_table, run_rows
+    from adamodal.runtime.simulator import run_experiment
+
     summary = run_experiment(cfg, out, progress=not args.quiet, resume=bool(args.resume), force=args.force)
     plot_history(summary, out / "history.png")
     header, rows = run_rows(summary)

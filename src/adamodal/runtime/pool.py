@@ -5,7 +5,8 @@ A worker is started from a ``forkserver`` that has imported torch once (``spawn`
 is none; plain ``fork`` of a process that has used torch is unsafe), and so costs a fork, not
 a Python start with torch's import: the first optimizer a process builds imports
 ``torch._dynamo`` (~3 s on this project's machine) and the first AUC ``scipy.stats``, which
-the fork server preloads too (:data:`PRELOAD`). A
+the fork server preloads too (:data:`adamodal.runtime.forkserver.PRELOAD`; a run that asks
+for ``workers=N`` starts the fork server before its own imports). A
 background thread starts the workers and sends each its clients' data, so the main process
 goes on with the run meanwhile. Every worker then answers requests on its pipe with
 :class:`~adamodal.runtime.clients.InProcessClients` over its own clients.
@@ -13,7 +14,6 @@ goes on with the run meanwhile. Every worker then answers requests on its pipe w
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -30,24 +30,14 @@ import torch
 from adamodal.errors import AdamodalError
 from adamodal.methods import get_method_class
 from adamodal.runtime.clients import InProcessClients
+from adamodal.runtime.forkserver import context
 
 #: with ``client_timeout``, a worker gets its clients' timeouts plus this before it counts as hung
 HANG_GRACE_S = 60.0
-#: what the fork server imports once for all workers: torch, what torch imports on the first
-#: optimizer, and scipy.stats, imported on the first AUC (each costs seconds per process)
-PRELOAD = ["torch", "torch._dynamo", "scipy.stats", "adamodal.runtime.pool"]
 
 
 class WorkerError(AdamodalError):
     """A worker process died, hung, or could not start: the run cannot go on."""
-
-
-def _context() -> Any:
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(PRELOAD)  # effective when this process's fork server starts
-        return ctx
-    return mp.get_context("spawn")
 
 
 class _Procs:
@@ -112,7 +102,7 @@ class Pool:
     together with the processes' exit, so a dead worker is an error, never a wait."""
 
     def __init__(self, shares: list[list[int]], payloads: list[dict[str, Any]]) -> None:
-        ctx = _context()
+        ctx = context()
         self.shares = shares
         self.worker_of = {cid: i for i, share in enumerate(shares) for cid in share}
         self.is_ready = [False] * len(shares)

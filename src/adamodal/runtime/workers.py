@@ -239,17 +239,12 @@ class WorkerClients(InProcessClients):
     def begin_evaluate(self, rnd: int, messages: dict[int, Message],
                        server_tests: bool) -> Callable[[], dict[int, ClientEval]]:
         """In the workers: sent now, collected by the returned function (the server scores its
-        model in between, on a core the workers leave idle while it does). In process: run
-        when called, after the server's scoring, as :class:`InProcessClients` does."""
-        if self.wait_for_workers and self.pool is not None and not self.in_use and not self.pool.ready(block=False):
-            # the workers are still starting: the server scores meanwhile, and they get the
-            # evaluation once ready
-            return lambda: self._begin_evaluate(rnd, messages, server_tests)()
-        return self._begin_evaluate(rnd, messages, server_tests)
-
-    def _begin_evaluate(self, rnd: int, messages: dict[int, Message],
-                        server_tests: bool) -> Callable[[], dict[int, ClientEval]]:
-        if not self._pool_ready():
+        model in between, on a core the workers leave idle while it does). In process, also
+        while the workers are still starting (an evaluation does not wait for them: it gives
+        the same numbers here): run when called, after the server's scoring, as
+        :class:`InProcessClients` does."""
+        starting = self.pool is not None and not self.in_use and not self.pool.ready(block=False)
+        if starting or not self._pool_ready():
             def local() -> dict[int, ClientEval]:
                 self.local_calls += 1
                 t0 = time.perf_counter()
