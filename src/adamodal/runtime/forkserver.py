@@ -32,5 +32,8 @@ def start_early() -> bool:
     from multiprocessing import forkserver
 
     context()
-    forkserver.ensure_running()
+    try:
+        forkserver.ensure_running()
+    except OSError:  # cannot start one here: the pool starts it (and reports why) when needed
+        return False
     return True
