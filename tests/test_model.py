@@ -89,6 +89,19 @@ def test_single_modality_gets_fusion_weight_one(model: MultimodalNet) -> None:
     torch.testing.assert_close(fused[both], w[both, :1] * a_img[both] + w[both, 1:] * a_txt[both])
 
 
+def test_one_modality_inference_skips_the_gate_with_the_same_output(model: MultimodalNet) -> None:
+    """Without gradients a batch of one modality skips the fusion gate (its weight is exactly 1
+    on the rows that have it, 0 elsewhere): the output is the gated path's, bit for bit."""
+    x_img, x_txt, _, _ = batch()
+    m_txt = torch.tensor([True] * 8 + [False] * 2)  # two rows with no modality at all
+    m_img = torch.zeros(B, dtype=torch.bool)
+    with torch.no_grad():
+        skipped = model(None, x_txt, m_img, m_txt)
+    with torch.enable_grad():  # training mode's path: the gate is computed
+        gated = model(None, x_txt, m_img, m_txt).detach()
+    assert torch.equal(skipped, gated)
+
+
 def test_row_with_no_modality_is_zero_not_nan() -> None:
     fusion = GatedFusion(8)
     reps = [torch.randn(3, 8), torch.randn(3, 8)]

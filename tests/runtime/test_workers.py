@@ -221,3 +221,22 @@ def test_automatic_workers_start_during_the_first_phase_when_its_clients_are_slo
     clients.client_done(1, 5.0, 4)  # 5 s x 4 clients x 2 rounds = 40 s >= AUTO_MIN_REMAINING_S
     assert clients.pool is not None
     clients.close()
+
+
+def test_an_evaluation_does_not_wait_for_workers_still_starting(small_experiment, tmp_path):
+    """Under ``workers=N`` a phase waits for the workers; an evaluation runs in process meanwhile
+    (the same numbers), and the workers take over once they are ready."""
+    exp = with_config(small_experiment, method="fedavg", workers=2)
+    sim = Simulator(exp, tmp_path, progress=False)
+    sim.method.init_server()
+    clients = sim.clients
+    messages = {c.cid: sim.method.eval_message(c.cid) for c in exp.clients}
+    if clients.pool.ready(block=False):
+        clients.close()
+        pytest.skip("the workers were ready at once: nothing to check")
+    evals = clients.begin_evaluate(0, messages, False)()
+    assert clients.local_calls == 1 and clients.worker_calls == 0 and not clients.in_use
+    assert sorted(evals) == sorted(messages)
+    clients.step("train", 1, 0, sim.method.configure("train", 1, sorted(messages)))  # waits for them
+    assert clients.in_use and clients.worker_calls == 1
+    clients.close()
