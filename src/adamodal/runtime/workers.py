@@ -220,13 +220,17 @@ class WorkerClients(InProcessClients):
             self.workers = idle
             self.start()
 
+    def _in_process(self, rnd: int, work: Callable[[], Any]) -> Any:
+        """Run ``work`` (a phase or an evaluation) here, timed for the automatic mode."""
+        self.local_calls += 1
+        t0 = time.perf_counter()
+        out = work()
+        self._account(rnd, time.perf_counter() - t0)
+        return out
+
     def step(self, phase: str, rnd: int, p_idx: int, messages: dict[int, Message]) -> dict[int, Message | ClientFailure]:
         if not self._pool_ready():
-            self.local_calls += 1
-            t0 = time.perf_counter()
-            out = super().step(phase, rnd, p_idx, messages)
-            self._account(rnd, time.perf_counter() - t0)
-            return out
+            return self._in_process(rnd, lambda: InProcessClients.step(self, phase, rnd, p_idx, messages))
         self.worker_calls += 1
         what = f"round {rnd} {phase}"
         merged = self.pool.call("step", messages, lambda i, msgs: (phase, rnd, p_idx, msgs), what,
@@ -245,13 +249,7 @@ class WorkerClients(InProcessClients):
         :class:`InProcessClients` does."""
         starting = self.pool is not None and not self.in_use and not self.pool.ready(block=False)
         if starting or not self._pool_ready():
-            def local() -> dict[int, ClientEval]:
-                self.local_calls += 1
-                t0 = time.perf_counter()
-                out = InProcessClients.evaluate(self, rnd, messages, server_tests)
-                self._account(rnd, time.perf_counter() - t0)
-                return out
-            return local
+            return lambda: self._in_process(rnd, lambda: InProcessClients.evaluate(self, rnd, messages, server_tests))
         self.worker_calls += 1
         pool = self.pool
 
