@@ -285,3 +285,29 @@ def test_all_client_averaging_counts_non_holders_with_the_weights_they_were_sent
     key = "classifier.weight"
     want = sum(ns[c] * replies[c].arrays[key] for c in ns) / 100.0
     np.testing.assert_allclose(m.global_params[key], want, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_reuses_the_loaded_model_only_while_it_still_holds_the_message(small_experiment):
+    """One evaluation's broadcast, clients without personal parts: the second client gets the
+    model loaded for the first, but once anything changed it in place (training), or the
+    message is another one, it is loaded again. A stale model would be scored silently."""
+    exp, m = _method(small_experiment, local_epochs=1, adamodal__warmup_epochs=1, adamodal__kd=False)
+    states: dict = {}
+    _round(exp, m, 1, states)
+    msg = m.eval_message(0)
+    first = m.client_model(_ctx(exp, m, 0, states), msg)
+    want = {k: v.detach().clone() for k, v in first.state_dict().items()}
+    loads = []
+    original = m.fresh
+    m.fresh = lambda *a, **k: loads.append(1) or original(*a, **k)  # count the loads
+    assert m.client_model(_ctx(exp, m, 1, states), m.eval_message(1)) is first
+    assert not loads
+    with torch.no_grad():  # what a client's training does to the shared instance
+        next(first.parameters()).add_(1.0)
+    again = m.client_model(_ctx(exp, m, 1, states), msg)
+    assert loads == [1]
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in want.items())
+    m.global_params = {k: v + 0.5 for k, v in m.global_params.items()}  # the next round's model
+    newer = m.client_model(_ctx(exp, m, 1, states), m.eval_message(1))
+    assert loads == [1, 1]
+    assert not torch.equal(newer.state_dict()["classifier.weight"], want["classifier.weight"])

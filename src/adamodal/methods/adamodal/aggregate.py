@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from adamodal.kit.aggregation import aggregate_arrays
 from adamodal.methods.base import Message
 
 #: client scalars the server averages into the round's metrics, weighted by the rows they cover;
@@ -37,3 +38,34 @@ def contribution_weights(n: np.ndarray, scores: np.ndarray, mode: str, tau_c: fl
     soft = np.exp(s - s.max())
     w = n * soft / soft.sum()
     return w / w.sum()
+
+
+def global_update(reference: dict[str, np.ndarray], global_keys: dict[str, np.ndarray],
+                  updates: list[dict[str, np.ndarray]], weights: np.ndarray, *, everyone: bool,
+                  rule: str = "mean") -> dict[str, np.ndarray]:
+    """The new value of every global part some client changed: ``updates`` are the clients'
+    changes from ``reference`` (the model they started from) with ``weights``.
+
+    ``everyone``: a client that did not send a part (it lacks the modality) counts with the
+    weights it was sent, a change of zero (FedAvg's damping of a projection few clients
+    train); otherwise a part is averaged over its senders only. Under the mean rule the
+    result is ``reference + sum_i w_i * change_i / sum_i w_i``, so no client's weights are
+    rebuilt; the robust rules (:func:`aggregate_arrays`) combine the weights themselves."""
+    out: dict[str, np.ndarray] = {}
+    for key, ref in reference.items():
+        held = [(u[key], wi) for u, wi in zip(updates, weights, strict=True) if key in u]
+        if not held or key not in global_keys:
+            continue
+        floating = np.issubdtype(ref.dtype, np.floating)
+        if rule == "mean" and floating:
+            total = float(np.sum(weights)) if everyone else float(sum(wi for _, wi in held))
+            step = np.zeros(ref.shape, np.float32)
+            for change, wi in held:
+                step += np.float32(wi / total) * change
+            out[key] = np.asarray(ref + step, np.float32)
+            continue
+        values = [(ref + d if floating else d, wi) for d, wi in held]
+        if everyone:
+            values += [(ref, wi) for u, wi in zip(updates, weights, strict=True) if key not in u]
+        out[key] = aggregate_arrays([{key: a} for a, _ in values], [wi for _, wi in values], rule)[key]
+    return out

@@ -17,12 +17,22 @@ import torch
 from torch import nn
 
 from adamodal.kit.privacy import dp_report
-from adamodal.kit.train import scores_from_logits, task_loss
 from adamodal.methods.adamodal import distill, messages, upload
-from adamodal.methods.adamodal.aggregate import contribution_weights, pooled_diagnostics
-from adamodal.methods.adamodal.imputation import cluster_prototypes, imputation_quality
+from adamodal.methods.adamodal.aggregate import (
+    contribution_weights,
+    global_update,
+    pooled_diagnostics,
+)
+from adamodal.methods.adamodal.diagnostics import client_diagnostics, val_scores
+from adamodal.methods.adamodal.imputation import cluster_prototypes
 from adamodal.methods.adamodal.local import LocalTerms, train_local
-from adamodal.methods.adamodal.net import AdaModalNet, build_adamodal_net, key_modality, key_role
+from adamodal.methods.adamodal.net import (
+    AdaModalNet,
+    LoadedFrom,
+    build_adamodal_net,
+    key_modality,
+    key_role,
+)
 from adamodal.methods.adamodal.options import DEFAULTS, read_options
 from adamodal.methods.adamodal.summarize import Knowledge, client_summary, cluster_summaries
 from adamodal.methods.base import (
@@ -30,11 +40,9 @@ from adamodal.methods.base import (
     ClientInfo,
     Message,
     Method,
-    aggregate_arrays,
     load_arrays,
     state_arrays,
 )
-from adamodal.metrics import compute_metrics
 from adamodal.model import ModelSpec
 
 
@@ -53,6 +61,8 @@ class AdaModalFed(Method):
                                 float(o["impute_weight"]), float(o["beta"]), float(o["modality_dropout"]))
         self._initial: dict[str, np.ndarray] | None = None
         self._server_model: AdaModalNet | None = None
+        self._loaded: LoadedFrom | None = None
+        self._spares: list[AdaModalNet] = []
 
     # ---- models -------------------------------------------------------------------------
     def build(self) -> AdaModalNet:
@@ -67,6 +77,13 @@ class AdaModalFed(Method):
         if self._model is None:
             self._model = self.build()
         return self._model  # type: ignore[return-value]
+
+    def spare(self, i: int) -> AdaModalNet:
+        """The i-th extra model instance of this process (a relayed teacher), built once:
+        :meth:`fresh` resets it before every use."""
+        while len(self._spares) <= i:
+            self._spares.append(self.build())
+        return self._spares[i]
 
     def initial_params(self) -> dict[str, np.ndarray]:
         if self._initial is None:
@@ -103,6 +120,7 @@ class AdaModalFed(Method):
         self.scores: dict[int, float] = {}
         self.packages: dict[int, dict[str, np.ndarray]] = {}
         self.round_updates: dict[int, tuple[dict[str, np.ndarray], float, float]] = {}
+        self.reference: dict[str, np.ndarray] = {}  # what the round's clients started from
         self.diagnostics: dict[str, float] = {}
 
     def phases(self, rnd: int) -> list[str]:
@@ -167,34 +185,32 @@ class AdaModalFed(Method):
             self.average()
 
     def collect(self, replies: dict[int, Message], reference: dict[str, np.ndarray]) -> None:
-        """Keep each reply's global parts (decoded against ``reference``, the weights the
-        clients started from) with its size and score, for :meth:`average`."""
+        """Keep each reply's global parts as changes from ``reference`` (the weights the
+        clients started from), with its size and score, for :meth:`average`."""
+        self.reference = reference
         for cid, r in replies.items():
-            glob = {k: v for k, v in upload.decode(r.arrays, reference).items() if key_role(k) == "global"}
-            if glob:
-                self.round_updates[cid] = (glob, float(r.scalars["num_examples"]), self.scores.get(cid, 0.0))
+            change = {k: v for k, v in upload.deltas(r.arrays, reference).items() if key_role(k) == "global"}
+            if change:
+                self.round_updates[cid] = (change, float(r.scalars["num_examples"]), self.scores.get(cid, 0.0))
 
     def average(self) -> None:
         """Stage 4's global update: each global part averaged over the clients that sent it
         (with ``modality_average=holders``, a modality's projection only over the clients
         holding that modality; with ``all``, over every client of the round), weighted by
-        ``n_i`` or ``n_i * softmax(score_i / tau_c)``."""
+        ``n_i`` or ``n_i * softmax(score_i / tau_c)``. Under the mean rule that is the
+        reference plus the weighted sum of the changes, in which a client that lacks the
+        modality counts with a change of zero (it keeps the weights it was sent: FedAvg's
+        damping of a projection that few clients train)."""
         if not self.round_updates:
             return
         cids = sorted(self.round_updates)
         n = np.array([self.round_updates[c][1] for c in cids])
         s = np.array([self.round_updates[c][2] for c in cids])
         w = contribution_weights(n, s, str(self.opt["contribution"]), float(self.opt["tau_c"]))
-        everyone = self.opt["modality_average"] == "all"
-        for key in self.global_params:
-            # "all": a client that lacks the modality contributes the weights it was sent, which
-            # damps the step of a projection only a few clients train (FedAvg's dilution)
-            have = [(self.round_updates[c][0].get(key, self.global_params[key] if everyone else None), wi)
-                    for c, wi in zip(cids, w, strict=True)]
-            have = [(a, wi) for a, wi in have if a is not None]
-            if have:
-                self.global_params[key] = aggregate_arrays(
-                    [{key: a} for a, _ in have], [wi for _, wi in have], str(self.cfg.get("aggregation", "mean")))[key]
+        updates = [self.round_updates[c][0] for c in cids]
+        self.global_params.update(global_update(self.reference, self.global_params, updates, w,
+                                                everyone=self.opt["modality_average"] == "all",
+                                                rule=str(self.cfg.get("aggregation", "mean"))))
         self.round_updates = {}
 
     def cluster(self, replies: dict[int, Message], rnd: int) -> dict[str, np.ndarray]:
@@ -289,15 +305,12 @@ class AdaModalFed(Method):
                     generator=ctx.generator, device=self.device)
         ctx.state = _trained(model)  # the whole model until the first global average
         arrays = {} if self.opt["kd"] else self.upload(_select(ctx.state, self.upload_keys(ctx.modalities)), ctx)
-        return Message(arrays, {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
+        return Message(arrays, {"num_examples": len(ctx.train), **val_scores(model, ctx, self.device)})
 
     def client_kd(self, ctx: ClientContext, msg: Message) -> Message:
         teachers = []
-        for arrays, sees_img, sees_txt in messages.unpack_teachers(msg):
-            t = self.build()
-            load_arrays(t, self.initial_params())
-            load_arrays(t, arrays)
-            teachers.append((t.eval(), sees_img, sees_txt))
+        for i, (arrays, sees_img, sees_txt) in enumerate(messages.unpack_teachers(msg)):
+            teachers.append((self.fresh(arrays, model=self.spare(i)).eval(), sees_img, sees_txt))
         model = self.fresh(ctx.state)
         if teachers:
             temp, weight, task = float(self.opt["kd_temperature"]), float(self.opt["kd_weight"]), ctx.spec.task
@@ -311,7 +324,7 @@ class AdaModalFed(Method):
                         generator=ctx.generator, device=self.device, extra=distil)
             ctx.state = _trained(model)
         return Message(self.upload(_select(ctx.state, self.upload_keys(ctx.modalities)), ctx),
-                       {"num_examples": len(ctx.train), **self.val_scores(model, ctx)})
+                       {"num_examples": len(ctx.train), **val_scores(model, ctx, self.device)})
 
     @torch.no_grad()
     def client_summary(self, ctx: ClientContext, msg: Message) -> Message:
@@ -331,55 +344,29 @@ class AdaModalFed(Method):
     def client_train(self, ctx: ClientContext, msg: Message) -> Message:
         glob, know = messages.unpack(msg)
         model = self.fresh(_personal(ctx.state), glob, knowledge=know)
-        diagnostics = self.client_diagnostics(model, ctx)
+        diagnostics = client_diagnostics(model, ctx, self.device)
         loss = train_local(model, ctx.train, ctx.cfg, self.terms, task=ctx.spec.task,
                            epochs=int(ctx.cfg["local_epochs"]), generator=ctx.generator, device=self.device)
         if self.opt["contribution"] == "score":  # the weights need the trained model's score
-            diagnostics.update(self.val_scores(model, ctx))
+            diagnostics.update(val_scores(model, ctx, self.device))
         params = _trained(model)
         ctx.state = _personal(params)
         return Message(self.upload(_select(params, self.upload_keys(ctx.modalities)), ctx, glob),
                        {"num_examples": len(ctx.train), "loss": loss, **diagnostics})
 
-    @torch.no_grad()
-    def client_diagnostics(self, model: AdaModalNet, ctx: ClientContext) -> dict[str, float]:
-        """The received global model on this client's validation rows, in one forward pass
-        (aggregates only): macro-AUC and loss, the gate values and the imputation quality,
-        for the round's metrics."""
-        if len(ctx.val) == 0:
-            return {"val_auc": float("nan"), "val_loss": float("nan")}
-        model.eval()
-        d = ctx.val.to(self.device)
-        fwd = model.run(d.x_img, d.x_txt, d.m_img, d.m_txt, impute_all=True)
-        out = self._score(fwd.logits, ctx)
-        if fwd.gates:
-            rows = [g[fwd.rows[m]] for m, g in fwd.gates.items() if bool(fwd.rows[m].any())]
-            if rows:
-                gates = torch.cat(rows)
-                out.update(gate_mean=float(gates.mean()), gate_rows=float(len(gates)))
-        paired = fwd.rows["image"] & fwd.rows["text"]
-        out.update(imputation_quality(fwd.reps, fwd.imputed, paired, torch.Generator().manual_seed(ctx.seed)))
-        return out
-
-    @staticmethod
-    def _score(logits: torch.Tensor, ctx: ClientContext) -> dict[str, float]:
-        loss = float(task_loss(logits, ctx.val.y.to(logits.device), ctx.spec.task))
-        scores = scores_from_logits(logits, ctx.spec.task).float().cpu().numpy()
-        auc = compute_metrics(scores, ctx.val.y.numpy(), ctx.spec.task)["macro_auc"]
-        return {"val_auc": float(auc), "val_loss": loss, "val_rows": float(len(ctx.val))}
-
-    @torch.no_grad()
-    def val_scores(self, model: nn.Module, ctx: ClientContext) -> dict[str, float]:
-        """Validation macro-AUC and loss of the model the client predicts with."""
-        if len(ctx.val) == 0:
-            return {"val_auc": float("nan"), "val_loss": float("nan")}
-        model.eval()
-        v = ctx.val.to(self.device)
-        return self._score(model(v.x_img, v.x_txt, v.m_img, v.m_txt), ctx)
-
     def client_model(self, ctx: ClientContext, msg: Message) -> nn.Module:
+        """The received global model with this client's personal parts. Clients without
+        personal parts that receive the very same message (in process, one evaluation's
+        broadcast) get the shared model as it was loaded for the previous one, provided
+        nothing has touched it since."""
+        personal = _personal(ctx.state)
+        model = self.model()
+        if not personal and self._loaded is not None and self._loaded.matches(msg, model):
+            return model
         glob, know = messages.unpack(msg)
-        return self.fresh(_personal(ctx.state), glob, knowledge=know)
+        model = self.fresh(personal, glob, knowledge=know)
+        self._loaded = None if personal else LoadedFrom.of(msg, model)
+        return model
 
 
 # ---- helpers ------------------------------------------------------------------------------

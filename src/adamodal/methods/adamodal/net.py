@@ -23,6 +23,7 @@ from torch import nn
 from adamodal.methods.adamodal.gating import ForgetGate
 from adamodal.methods.adamodal.imputation import IMPUTE_MODES, CrossAttentionImputer
 from adamodal.methods.adamodal.summarize import Knowledge, nearest
+from adamodal.methods.base import Message
 from adamodal.model import ModelSpec, MultimodalNet, Projection
 
 
@@ -211,6 +212,32 @@ class AdaModalNet(MultimodalNet):
     def forward(self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None, m_img: torch.Tensor,
                 m_txt: torch.Tensor) -> torch.Tensor:
         return self.run(x_img, x_txt, m_img, m_txt).logits
+
+
+@dataclass
+class LoadedFrom:
+    """What the shared model was last loaded with by :meth:`AdaModalFed.client_model`: the
+    message's arrays (by identity, kept alive here), and the model's knowledge and tensor
+    versions right after loading. Any in-place change (training, another load) bumps a
+    version, so a match means the model still holds exactly that message."""
+
+    arrays: list[np.ndarray]
+    knowledge: object
+    versions: tuple[int, ...]
+
+    @staticmethod
+    def of(msg: Message, model: AdaModalNet) -> LoadedFrom:
+        return LoadedFrom(list(msg.arrays.values()), model.knowledge, _versions(model))
+
+    def matches(self, msg: Message, model: AdaModalNet) -> bool:
+        arrays = list(msg.arrays.values())
+        return (len(arrays) == len(self.arrays) and all(a is b for a, b in zip(arrays, self.arrays, strict=True))
+                and model.knowledge is self.knowledge and _versions(model) == self.versions)
+
+
+def _versions(model: nn.Module) -> tuple[int, ...]:
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+
 
 
 def build_adamodal_net(spec: ModelSpec, seed: int, **options) -> AdaModalNet:

@@ -50,6 +50,25 @@ def decode(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> d
     return out
 
 
+def deltas(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What each uploaded float parameter changed from ``reference``, float32 (any precision);
+    integer buffers as they are (a count has no meaningful change to average).
+
+    The server's weighted mean is then ``reference + sum_i w_i * delta_i``: under int8 the
+    deltas are what travelled, so no client's weights are rebuilt to be averaged."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in arrays.items():
+        if k.startswith(SCALE):
+            continue
+        if k.startswith(QUANT):
+            out[k[len(QUANT):]] = dequantize(v, arrays[SCALE + k[len(QUANT):]])
+        elif np.issubdtype(v.dtype, np.floating):
+            out[k] = np.subtract(v, reference[k], dtype=np.float32)
+        else:
+            out[k] = v
+    return out
+
+
 def quantize(delta: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(int8 codes, float32 scale per row): ``delta ~= codes * scale[row]``, rounded
     stochastically so the expectation is exact up to the dither's grain (1/65536 of a step:
