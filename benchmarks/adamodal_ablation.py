@@ -52,7 +52,14 @@ VARIANTS = {
     "modality parts averaged over their holders only": {"adamodal.modality_average": "holders"},
     "one epoch each of warm-up and kd": {"adamodal.warmup_epochs": "1", "adamodal.kd_epochs": "1"},
     "modality dropout 0.5": {"adamodal.modality_dropout": "0.5"},
+    "modality dropout 0.1": {"adamodal.modality_dropout": "0.1"},
     "k=64 server centres": {"adamodal.k": "64"},
+    "k=16 server centres": {"adamodal.k": "16"},
+    "k=128 server centres": {"adamodal.k": "128"},
+    "k=64 + modality dropout 0.5": {"adamodal.k": "64", "adamodal.modality_dropout": "0.5"},
+    "3 teachers -> 1": {"adamodal.kd_teachers": "1"},
+    "contribution by validation score": {"adamodal.contribution": "score"},
+    "gate temperature tau=2": {"adamodal.tau": "2"},
     "matched-centroid imputation": {"adamodal.impute": "cross_attention", "adamodal.cross_attention": "false"},
 }
 GROUPS = ("multimodal", "image_only", "text_only")

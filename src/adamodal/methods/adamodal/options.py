@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.infonce_weight": 0.5,
     # stage 2: summaries and clustering
     "adamodal.cluster": True,
-    "adamodal.k": 32,
+    "adamodal.k": 64,
     "adamodal.k_local": 8,
     "adamodal.min_count": 3,
     "adamodal.match_labels": 0.0,  # weight of label-histogram disagreement in the pairing cost
