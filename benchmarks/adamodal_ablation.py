@@ -53,6 +53,7 @@ VARIANTS = {
     "one epoch each of warm-up and kd": {"adamodal.warmup_epochs": "1", "adamodal.kd_epochs": "1"},
     "modality dropout 0.5": {"adamodal.modality_dropout": "0.5"},
     "modality dropout 0.1": {"adamodal.modality_dropout": "0.1"},
+    "modality dropout 0.9": {"adamodal.modality_dropout": "0.9"},
     "k=64 server centres": {"adamodal.k": "64"},
     "k=16 server centres": {"adamodal.k": "16"},
     "k=128 server centres": {"adamodal.k": "128"},
