@@ -36,3 +36,17 @@ def test_decoding_needs_the_clients_reference():
     wrong = upload.decode(sent, {"w": np.zeros((8, 4), np.float32)})
     assert np.abs(wrong["w"] - trained["w"]).max() > 0.5
     assert np.abs(upload.decode(sent, ref)["w"] - trained["w"]).max() < 0.01
+
+
+def test_deltas_are_the_changes_the_decoded_weights_imply_at_every_precision():
+    """What the server averages: ``decode(sent) - reference`` for float parameters, at any
+    precision, and integer buffers as they were sent."""
+    rng = np.random.default_rng(0)
+    ref = {"w": rng.normal(size=(16, 8)).astype(np.float32), "n": np.array(3, np.int64)}
+    trained = {"w": ref["w"] + 0.05 * rng.normal(size=(16, 8)).astype(np.float32), "n": np.array(4, np.int64)}
+    for precision in ("float32", "float16", "int8"):
+        sent = upload.encode(trained, ref, precision, np.random.default_rng(1))
+        change = upload.deltas(sent, ref)
+        assert set(change) == {"w", "n"} and change["w"].dtype == np.float32
+        np.testing.assert_allclose(change["w"], upload.decode(sent, ref)["w"] - ref["w"], atol=1e-6)
+        assert int(change["n"]) == 4
