@@ -239,7 +239,6 @@ def _versions(model: nn.Module) -> tuple[int, ...]:
     return tuple(t._version for t in (*model.parameters(), *model.buffers()))
 
 
-
 def build_adamodal_net(spec: ModelSpec, seed: int, **options) -> AdaModalNet:
     """Same spec + seed + options -> bit-identical initial weights everywhere."""
     with torch.random.fork_rng(devices=[]):
