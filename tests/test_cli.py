@@ -32,6 +32,22 @@ def test_run_end_to_end(tmp_path):
     assert (out / "summary.json").read_text() == before
 
 
+def test_the_fast_exit_keeps_exit_codes_and_output():
+    """The command skips the interpreter's teardown (``cli.entry``): exit codes and every line
+    of output must survive it, for a normal return, argparse's own exits and an exception."""
+    helped = adamodal("--help")
+    assert helped.returncode == 0 and "usage: adamodal" in helped.stdout
+    assert adamodal("run", "--no-such-flag").returncode == 2
+    listed = adamodal("methods")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) >= 10 and listed.stdout.endswith("\n")
+    import os
+
+    env = {**os.environ, "ADAMODAL_DEBUG": "1"}  # the error escapes main(): a traceback and code 1
+    crashed = subprocess.run([sys.executable, "-m", "adamodal.cli", "run", "--set", "lr=fast"], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert crashed.returncode == 1 and "Traceback" in crashed.stderr
+
+
 def test_config_file_and_set(tmp_path):
     cfg = tmp_path / "exp.toml"
     cfg.write_text('method = "fedprox"\nrounds = 7\n[clients]\nmultimodal = 4\n')

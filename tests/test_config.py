@@ -131,7 +131,7 @@ def test_bad_enum_names_key(key: str, raw: str) -> None:
         ("batch_size", "0"),
         ("partition.classes", "0"),
         ("model.dropout", "1"),
-        ("eval.every", "0"),
+        ("eval.every", "-1"),
         ("rounds", "-1"),
     ],
 )

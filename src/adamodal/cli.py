@@ -285,5 +285,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``adamodal`` command: :func:`main`, then an exit that skips the interpreter's
+    teardown. Freeing torch, the data sets' arrays and every module took about a second
+    after each command (measured on a 1-round run), time a user waits for and nothing is
+    left to do in: every file is written and closed, worker processes have ended, and the
+    exit handlers (multiprocessing's, logging's) run first. Tests call :func:`main`, which
+    returns normally."""
+    import atexit
+
+    code = 1  # an exception escaping main() leaves this, as a normal interpreter exit would
+
+    def finish() -> None:  # registered first, so it runs after every other exit handler
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed or broken pipe: nothing more to say
+                pass
+        os._exit(code)
+
+    atexit.register(finish)
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's --help (0) and usage errors (2)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        raise
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

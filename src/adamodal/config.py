@@ -120,7 +120,7 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "split.global_test": (0, 1, True, False),
     "split.public": (0, 1, True, False),
     "data.max_items": (0, 1e12, True, True),
-    "eval.every": (1, 1e9, True, True),
+    "eval.every": (0, 1e9, True, True),
     "eval.max_rows": (1, 1e12, True, True),
     "threads": (0, 1024, True, True),
     "workers": (0, 1024, True, True),

@@ -36,6 +36,17 @@ def test_summary_schema_and_learning(small_experiment, tmp_path):
     assert {"round", "client", "group", "macro_auc", "bytes_up"} <= set(lines[0])
 
 
+@pytest.mark.parametrize(("every", "rounds", "scored"), [(2, 3, [0, 2, 3]), (0, 3, [3]), (0, 0, [0])])
+def test_eval_every_chooses_the_scored_rounds(small_experiment, tmp_path, every, rounds, scored):
+    """``eval.every=N`` scores round 0, every N-th round and the last; 0 scores only the last,
+    so a benchmark pays for one evaluation, as its anchors do."""
+    exp = with_config(small_experiment, method="fedavg", rounds=rounds, **{"eval.every": every})
+    summary = Simulator(exp, tmp_path, progress=False).run()
+    assert [h["round"] for h in summary["history"]] == scored
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({row["round"] for row in lines}) == scored
+
+
 def test_same_seed_same_summary(small_experiment, tmp_path):
     a = Simulator(with_config(small_experiment, method="fedprox"), tmp_path / "a", progress=False).run()
     b = Simulator(with_config(small_experiment, method="fedprox"), tmp_path / "b", progress=False).run()

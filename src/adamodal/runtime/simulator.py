@@ -340,7 +340,8 @@ class Simulator:
         every = int(self.cfg["eval.every"])
         start = time.perf_counter() - self.state.wall_s
         if self.state.round == 0 and not self.state.history:
-            self.state.history.append(self.evaluate(0))
+            if every or rounds == 0:  # eval.every=0: only after the last round, as a benchmark scores
+                self.state.history.append(self.evaluate(0))
             self.checkpoint()  # a run that stops in round 1 is resumable too
         bar = tqdm(range(self.state.round + 1, rounds + 1), desc=f"{self.cfg['method']}", disable=not self.progress,
                    unit="round", initial=self.state.round, total=rounds)
@@ -349,7 +350,7 @@ class Simulator:
             method_metrics = clean(self.method.round_metrics(rnd))
             if method_metrics:
                 self.state.records.append({"round": rnd, "client": "server", "method": method_metrics})
-            if rnd % every == 0 or rnd == rounds:
+            if (every and rnd % every == 0) or rnd == rounds:
                 entry = self.evaluate(rnd)
                 if method_metrics:
                     entry["method"] = method_metrics
