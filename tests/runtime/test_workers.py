@@ -23,6 +23,8 @@ from tests.conftest import with_config
 
 def _run(exp, out) -> tuple[str, dict, Simulator]:
     sim = Simulator(exp, out, progress=False)
+    if isinstance(sim.clients, WorkerClients):
+        sim.clients.wait_for_workers = True  # the workers take every phase, however fast they start
     summary = sim.run()
     comparable = {k: v for k, v in summary.items() if k not in ("wall_s", "time_s")}
     return json.dumps(comparable, sort_keys=True), sim.clients.state(), sim
@@ -224,8 +226,8 @@ def test_automatic_workers_start_during_the_first_phase_when_its_clients_are_slo
 
 
 def test_an_evaluation_does_not_wait_for_workers_still_starting(small_experiment, tmp_path):
-    """Under ``workers=N`` a phase waits for the workers; an evaluation runs in process meanwhile
-    (the same numbers), and the workers take over once they are ready."""
+    """Under ``workers=N`` an evaluation runs in process while the workers start (the same
+    numbers), and the workers take over once they are ready."""
     exp = with_config(small_experiment, method="fedavg", workers=2)
     sim = Simulator(exp, tmp_path, progress=False)
     sim.method.init_server()
@@ -237,6 +239,34 @@ def test_an_evaluation_does_not_wait_for_workers_still_starting(small_experiment
     evals = clients.begin_evaluate(0, messages, False)()
     assert clients.local_calls == 1 and clients.worker_calls == 0 and not clients.in_use
     assert sorted(evals) == sorted(messages)
+    clients.wait_for_workers = True
     clients.step("train", 1, 0, sim.method.configure("train", 1, sorted(messages)))  # waits for them
     assert clients.in_use and clients.worker_calls == 1
     clients.close()
+
+
+def test_a_phase_runs_clients_here_while_the_workers_start_then_hands_over(small_experiment, tmp_path, monkeypatch):
+    """While the workers start, this process trains the phase's clients one at a time; the
+    workers take the rest once ready, and every reply is the one the sequential run gives."""
+    exp = with_config(small_experiment, method="fedavg", workers=2)
+    sim = Simulator(exp, tmp_path / "2", progress=False)
+    sim.method.init_server()
+    clients = sim.clients
+    real_ready, answers = clients.pool.ready, iter([False, False])  # "still starting" for two clients
+
+    def ready(block: bool) -> bool:
+        answer = next(answers, None)
+        return real_ready(block=True) if answer is None else answer
+
+    monkeypatch.setattr(clients.pool, "ready", ready)
+    cids = [c.cid for c in exp.clients]
+    mixed = clients.step("train", 1, 0, sim.method.configure("train", 1, cids))
+    assert clients.local_calls == 2 and clients.worker_calls == 1 and clients.in_use
+    clients.close()
+    one = Simulator(with_config(small_experiment, method="fedavg", workers=1), tmp_path / "1", progress=False)
+    one.method.init_server()
+    alone = one.clients.step("train", 1, 0, one.method.configure("train", 1, cids))
+    assert list(mixed) == cids == list(alone)
+    for cid in cids:
+        assert sorted(mixed[cid].arrays) == sorted(alone[cid].arrays)
+        assert all(np.array_equal(mixed[cid].arrays[k], alone[cid].arrays[k]) for k in alone[cid].arrays), cid
