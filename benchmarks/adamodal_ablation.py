@@ -1,5 +1,6 @@
 """AdaModal-Fed's stages, each switched off in turn, on named scenarios: what each buys, and
-which configuration the clients' VALIDATION splits prefer.
+which configuration the clients' VALIDATION splits prefer (also for a baseline's own knob: the
+``fedavg with ...`` variants run FedAvg with modality dropout at two rates).
 
 For every scenario x seed x variant it runs the method in process, then scores the final
 global model twice:
@@ -62,6 +63,9 @@ VARIANTS = {
     "contribution by validation score": {"adamodal.contribution": "score"},
     "gate temperature tau=2": {"adamodal.tau": "2"},
     "matched-centroid imputation": {"adamodal.impute": "cross_attention", "adamodal.cross_attention": "false"},
+    # the baseline's own rate, chosen on the same validation scores (the suite's fedavg_dropout)
+    "fedavg with modality dropout 0.3": {"method": "fedavg", "fedavg.modality_dropout": "0.3"},
+    "fedavg with modality dropout 0.9": {"method": "fedavg", "fedavg.modality_dropout": "0.9"},
 }
 GROUPS = ("multimodal", "image_only", "text_only")
 

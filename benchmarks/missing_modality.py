@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", default="", help="comma-separated names (default: all; see `adamodal scenarios`)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="fedavg,fedavg_dropout,prototype,retrieval,adamodal",
-                   help="methods or named variants (fedavg_dropout: FedAvg with modality dropout 0.3); "
+                   help="methods or named variants (fedavg_dropout: FedAvg with modality dropout 0.9); "
                         "fedavg is always run: it is the reference")
     p.add_argument("--rounds", type=int, default=None, help="default: the scenario's (the config's) rounds")
     p.add_argument("--set", dest="assignments", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

@@ -198,7 +198,7 @@ def test_the_benchmark_command(tmp_path: Path, stubs, capsys) -> None:
 
 def test_a_variant_runs_its_method_with_its_keys_under_its_own_name(tmp_path, monkeypatch):
     cfg = suite.suite_config("carmfl", "fedavg_dropout", 0, rounds=2)
-    assert cfg["method"] == "fedavg" and cfg["fedavg.modality_dropout"] == 0.3
+    assert cfg["method"] == "fedavg" and cfg["fedavg.modality_dropout"] == 0.9
     assert suite.suite_config("carmfl", "fedavg", 0, rounds=2)["fedavg.modality_dropout"] == 0.0
 
 

@@ -39,7 +39,7 @@ GROUP_LABEL = {"multimodal": "image+text", "image_only": "image-only", "text_onl
 #: named variants of a method, run by the suite like a method: the strong cheap baseline of the
 #: missing-modality literature is FedAvg with modality dropout on the image+text clients
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "fedavg_dropout": ("fedavg", {"fedavg.modality_dropout": 0.3}),
+    "fedavg_dropout": ("fedavg", {"fedavg.modality_dropout": 0.9}),
 }
 #: keys that cannot change a pooled ceiling (it trains no federated model)
 _NOT_CEILING_KEYS = ("method", "rounds")

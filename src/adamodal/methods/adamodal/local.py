@@ -43,7 +43,7 @@ class LocalTerms:
     infonce_temperature: float = 0.1
     impute_weight: float = 1.0
     beta: float = 0.1
-    modality_dropout: float = 0.3
+    modality_dropout: float = 0.9
 
 
 def dropout_masks(m_img: torch.Tensor, m_txt: torch.Tensor, p: float,

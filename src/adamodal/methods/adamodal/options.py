@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.tau": 1.0,
     "adamodal.beta": 0.1,
     # local training and the global update
-    "adamodal.modality_dropout": 0.3,
+    "adamodal.modality_dropout": 0.9,
     "adamodal.contribution": "size",
     "adamodal.modality_average": "all",  # non-holders count with the weights they were sent; or "holders"
     "adamodal.tau_c": 1.0,
