@@ -47,6 +47,19 @@ def test_eval_every_chooses_the_scored_rounds(small_experiment, tmp_path, every,
     assert sorted({row["round"] for row in lines}) == scored
 
 
+def test_scoring_less_often_changes_no_result(small_experiment, tmp_path):
+    """Evaluation draws nothing a run learns from: the demo scores every other round
+    (``cli.DEMO_EVAL_EVERY``) and must end with the table that scoring every round gives."""
+    from adamodal.cli import DEMO_EVAL_EVERY
+
+    ends = []
+    for every in (1, DEMO_EVAL_EVERY):
+        exp = with_config(small_experiment, method="adamodal", rounds=3, **{"eval.every": every})
+        summary = Simulator(exp, tmp_path / str(every), progress=False).run()
+        ends.append({k: summary[k] for k in ("test", "groups", "groups_server_test", "bytes_up", "bytes_down")})
+    assert DEMO_EVAL_EVERY > 1 and ends[0] == ends[1]
+
+
 def test_same_seed_same_summary(small_experiment, tmp_path):
     a = Simulator(with_config(small_experiment, method="fedprox"), tmp_path / "a", progress=False).run()
     b = Simulator(with_config(small_experiment, method="fedprox"), tmp_path / "b", progress=False).run()
