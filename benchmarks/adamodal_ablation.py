@@ -111,6 +111,9 @@ def main() -> None:
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [v for v in args.variants.split(",") if v]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:  # names are split on commas, so a name must not hold one
+        raise SystemExit(f"--variants: unknown {', '.join(map(repr, unknown))}; known: {', '.join(VARIANTS)}")
     lines = []
     for scenario in [s for s in args.scenarios.split(",") if s]:
         rows = {}
