@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,8 +41,6 @@ def test_the_fast_exit_keeps_exit_codes_and_output():
     assert adamodal("run", "--no-such-flag").returncode == 2
     listed = adamodal("methods")
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) >= 10 and listed.stdout.endswith("\n")
-    import os
-
     env = {**os.environ, "ADAMODAL_DEBUG": "1"}  # the error escapes main(): a traceback and code 1
     crashed = subprocess.run([sys.executable, "-m", "adamodal.cli", "run", "--set", "lr=fast"], capture_output=True,
                              text=True, timeout=120, env=env)
