@@ -237,11 +237,10 @@ class WorkerClients(InProcessClients):
         replies: dict[int, Message | ClientFailure] = {}
         left = dict(messages)
         while left and not self._pool_ready():
-            if self.pool is None:  # no workers coming yet (automatic mode): the whole phase here
-                return self._in_process(rnd, lambda: InProcessClients.step(self, phase, rnd, p_idx, messages))
-            cid = next(iter(left))
-            one = {cid: left.pop(cid)}
-            replies.update(self._in_process(rnd, lambda one=one: InProcessClients.step(self, phase, rnd, p_idx, one)))
+            # one client at a time while workers start; with none coming yet (automatic mode), the rest
+            take = list(left) if self.pool is None else [next(iter(left))]
+            chunk = {cid: left.pop(cid) for cid in take}
+            replies.update(self._in_process(rnd, lambda chunk=chunk: InProcessClients.step(self, phase, rnd, p_idx, chunk)))
         if left:
             self.worker_calls += 1
             what = f"round {rnd} {phase}"
