@@ -79,3 +79,30 @@ def test_infonce_raises_paired_over_unpaired_cosine():
 def test_infonce_needs_two_pairs():
     x = torch.randn(1, 4, requires_grad=True)
     assert float(info_nce(x, x, 0.1).detach()) == 0.0
+
+
+def test_infonce_is_the_mean_of_both_directions():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / 0.2
+    target = torch.arange(7)
+    expect = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    assert torch.allclose(info_nce(a, b, 0.2), expect, atol=1e-6)
+    assert not torch.allclose(info_nce(a, b, 0.2), F.cross_entropy(logits, target), atol=1e-4)
+
+
+def test_local_terms_on_an_all_paired_batch_equal_the_gathered_rows():
+    """The all-paired shortcut (no gather) gives the loss of the rows it would have gathered."""
+    model = build_adamodal_net(SPEC, 0).set_knowledge(toy_knowledge()).eval()
+    x_img, x_txt, m_img, m_txt = toy_batch(10)
+    terms = LocalTerms(infonce_weight=1.0, impute_weight=0.0, beta=0.0)
+    fwd = model.run(x_img, x_txt, m_img, m_txt)
+    all_paired = local_terms(fwd, terms)
+    some = m_txt.clone()
+    some[[0, 3]] = False  # two rows without text: InfoNCE over the other eight pairs
+    part = model.run(x_img, x_txt, m_img, some)
+    keep = m_img & some
+    expect = info_nce(fwd.reps["image"][keep], fwd.reps["text"][keep], terms.infonce_temperature)
+    assert torch.allclose(local_terms(part, terms), expect, atol=1e-6)
+    assert not torch.allclose(all_paired, expect, atol=1e-4)
+    assert torch.allclose(all_paired, info_nce(fwd.reps["image"], fwd.reps["text"], terms.infonce_temperature))

@@ -90,3 +90,31 @@ def test_hidden_rows_are_imputed_like_missing_ones():
         image_only = model(x_img, x_txt, m_img, torch.zeros_like(m_txt))
         assert torch.allclose(hidden, image_only, atol=1e-5), impute
         assert not torch.allclose(hidden, model(x_img, x_txt, m_img, m_txt)), impute
+
+
+def test_the_imputer_is_kept_only_where_it_imputes():
+    """Under impute=zero (the default) or mean, and with cross_attention off, no imputer is
+    kept, so none is loaded, hashed or sent; every other weight is the same draw of the seed."""
+    full = build_adamodal_net(SPEC, 4, impute="cross_attention").state_dict()
+    assert any(k.startswith("imputer.") for k in full)
+    for options in ({"impute": "zero"}, {"impute": "mean"}, {"impute": "cross_attention", "cross_attention": False}):
+        model = build_adamodal_net(SPEC, 4, **options)
+        assert model.imputer is None
+        state = model.state_dict()
+        assert not any(k.startswith("imputer.") for k in state)
+        assert state.keys() == {k for k in full if not k.startswith("imputer.")}
+        assert all(torch.equal(v, full[k]) for k, v in state.items())
+
+
+def test_one_gate_pass_for_both_modalities_is_a_pass_per_modality():
+    model = build_adamodal_net(SPEC, 0).set_knowledge(toy_knowledge()).eval()
+    x_img, x_txt, m_img, m_txt = toy_batch()
+    fwd = model.run(x_img, x_txt, m_img, m_txt)
+    for m in ("image", "text"):
+        mixed, gate = model.gate(fwd.reps[m], fwd.protos[m])
+        assert torch.allclose(fwd.gates[m], gate, atol=1e-6)
+        one_mixed, one_gate = model.gated({m: fwd.reps[m]}, {m: fwd.protos[m]})
+        assert torch.allclose(one_mixed[m], mixed, atol=1e-6) and torch.allclose(one_gate[m], gate, atol=1e-6)
+    # the mixed representation is what the fusion reads: a different prototype moves the logits
+    far = {m: z + 5.0 for m, z in fwd.protos.items()}
+    assert not torch.allclose(model.gated(fwd.reps, far)[0]["image"], model.gated(fwd.reps, fwd.protos)[0]["image"])

@@ -117,3 +117,10 @@ def test_label_aware_pairing_recovers_classes_the_geometry_does_not():
     _, aware = cluster_summaries(replies, k, cluster=False, seeds=(1, 2), match_labels=1.0)
     assert aware["class_agreement"] == 1.0
     assert plain["class_agreement"] < 0.7
+
+
+def test_knowledge_nearest_with_its_cached_norms_is_the_nearest_centre():
+    k = Knowledge.from_arrays(toy_knowledge(k=6), "cpu")
+    x = torch.randn(20, 16, generator=torch.Generator().manual_seed(2))
+    for m in ("image", "text"):
+        assert torch.equal(k.nearest(m, x), torch.cdist(x, k.keys[m]).argmin(1))

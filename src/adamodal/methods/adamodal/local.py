@@ -32,7 +32,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
         return a.sum() * 0.0
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
     target = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    # both directions in one call: the mean over the 2n rows is the mean of the two losses
+    return F.cross_entropy(torch.cat([logits, logits.T]), torch.cat([target, target]))
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ def local_terms(fwd: Forward, terms: LocalTerms) -> torch.Tensor:
     loss = fwd.logits.sum() * 0.0
     paired = fwd.rows["image"] & fwd.rows["text"]
     if terms.infonce_weight > 0 and "image" in fwd.reps and "text" in fwd.reps and bool(paired.any()):
-        loss = loss + terms.infonce_weight * info_nce(fwd.reps["image"][paired], fwd.reps["text"][paired],
-                                                      terms.infonce_temperature)
+        every = bool(paired.all())  # a multimodal client's batch: no gather (nor its backward)
+        a, b = (fwd.reps["image"], fwd.reps["text"]) if every else (fwd.reps["image"][paired], fwd.reps["text"][paired])
+        loss = loss + terms.infonce_weight * info_nce(a, b, terms.infonce_temperature)
     for extra in (imputation_loss(fwd.reps, fwd.imputed, paired, terms.impute_weight),
                   propagation_loss(fwd.reps, fwd.protos, fwd.rows, terms.beta)):
         if extra is not None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from adamodal.methods.adamodal.gating import ForgetGate
 from adamodal.methods.adamodal.imputation import IMPUTE_MODES, CrossAttentionImputer
-from adamodal.methods.adamodal.summarize import Knowledge, nearest
+from adamodal.methods.adamodal.summarize import Knowledge
 from adamodal.methods.base import Message
 from adamodal.model import ModelSpec, MultimodalNet, Projection
 
@@ -134,7 +134,10 @@ class AdaModalNet(MultimodalNet):
                  adapter_rank: int = 32) -> None:
         super().__init__(spec)
         dim = self.rep_dim
-        self.imputer = CrossAttentionImputer(dim, heads=heads)
+        # built (so the seed's draws stay the same for every module after it) but kept only
+        # where it imputes: otherwise it would be loaded, hashed and sent for nothing
+        imputer = CrossAttentionImputer(dim, heads=heads)
+        self.imputer = imputer if impute == "cross_attention" and cross_attention else None
         self.gate = ForgetGate(dim, tau)
         for name in ("img_proj", "txt_proj"):
             proj = getattr(self, name, None)
@@ -145,7 +148,6 @@ class AdaModalNet(MultimodalNet):
         if impute not in IMPUTE_MODES:
             raise ValueError(f"impute must be one of {IMPUTE_MODES}, got {impute!r}")
         self.impute_mode = impute
-        self.use_cross_attention = cross_attention
         self.use_gate = gate
         self.knowledge: Knowledge | None = None
 
@@ -159,7 +161,7 @@ class AdaModalNet(MultimodalNet):
         k = self.knowledge
         if k is None or modality not in k.keys:
             return None
-        return k.protos[modality][nearest(r, k.keys[modality])]
+        return k.protos[modality][k.nearest(modality, r)]
 
     def impute(self, target: str, source: str, r_src: torch.Tensor) -> torch.Tensor | None:
         """Modality ``target`` of every row, imputed from its representation of ``source``;
@@ -172,9 +174,19 @@ class AdaModalNet(MultimodalNet):
             return None if mean is None else mean.expand(len(r_src), -1)
         if not k.paired or source not in k.keys:
             return None
-        if not self.use_cross_attention:  # ablation: the matched centroid of the nearest cluster
-            return k.keys[target][nearest(r_src, k.keys[source])]
+        if self.imputer is None:  # cross_attention=false: the matched centroid of the nearest cluster
+            return k.keys[target][k.nearest(source, r_src)]
         return self.imputer(r_src, k.keys[source], k.keys[target])
+
+    def gated(self, reps: dict[str, torch.Tensor], protos: dict[str, torch.Tensor],
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(each modality with a prototype mixed with it by the forget gate, the gate values).
+        One gate pass for all modalities (rows stacked): on a training batch its small layers
+        cost per call, not per row."""
+        mods = list(protos)
+        mixed, g = self.gate(torch.cat([reps[m] for m in mods]), torch.cat([protos[m] for m in mods]))
+        sizes = [len(protos[m]) for m in mods]
+        return dict(zip(mods, mixed.split(sizes), strict=True)), dict(zip(mods, g.split(sizes), strict=True))
 
     def run(self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None, m_img: torch.Tensor,
             m_txt: torch.Tensor, hide: dict[str, torch.Tensor] | None = None,
@@ -186,14 +198,14 @@ class AdaModalNet(MultimodalNet):
         none = torch.zeros_like(m_img)
         rows = {"image": m_img if "image" in reps else none, "text": m_txt if "text" in reps else none}
         out = Forward(torch.empty(0), reps, rows)
-        final: dict[str, torch.Tensor] = {}
+        final: dict[str, torch.Tensor] = dict(reps)
         for m, r in reps.items():
             z = self.prototype(m, r)
-            final[m] = r
             if z is not None:
                 out.protos[m] = z
-                if self.use_gate:
-                    final[m], out.gates[m] = self.gate(r, z)
+        if self.use_gate and out.protos:
+            mixed, out.gates = self.gated(reps, out.protos)
+            final.update(mixed)
         masks = {m: rows[m] & ~hide[m] if hide and m in hide else rows[m] for m in rows}
         if self.fusion is not None:
             for target, source in (("text", "image"), ("image", "text")):

@@ -15,7 +15,7 @@ pair's classes agree (a diagnostic, in the round's metrics).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,6 +45,15 @@ class Knowledge:
     protos: dict[str, torch.Tensor]
     means: dict[str, torch.Tensor]
     paired: bool
+    #: ``||key||^2`` per modality, computed once: every training batch looks up its rows' nearest key
+    key_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.key_norms = {m: (c * c).sum(1) for m, c in self.keys.items()}
+
+    def nearest(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Index of each row's nearest key of ``modality`` (:func:`nearest`, norms cached)."""
+        return nearest(x, self.keys[modality], self.key_norms[modality])
 
     @staticmethod
     def from_arrays(arrays: dict[str, np.ndarray], device: torch.device | str) -> Knowledge | None:
@@ -69,11 +78,13 @@ class Knowledge:
         return Knowledge(keys, protos, means, paired)
 
 
-def nearest(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+def nearest(x: torch.Tensor, centers: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
     """Index of each row's nearest centre (squared Euclidean: ``||c||^2 - 2 x.c`` is the
     distance up to the row's own norm, one matrix product instead of a pairwise-distance
-    kernel, which dominates on the small batches of local training)."""
-    return torch.addmm((centers * centers).sum(1), x.detach(), centers.T, alpha=-2.0).argmin(dim=1)
+    kernel, which dominates on the small batches of local training). ``norms``: the centres'
+    ``||c||^2``, when the caller keeps them."""
+    norms = (centers * centers).sum(1) if norms is None else norms
+    return torch.addmm(norms, x.detach(), centers.T, alpha=-2.0).argmin(dim=1)
 
 
 # ---- client side ----------------------------------------------------------------------------
