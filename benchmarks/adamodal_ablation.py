@@ -64,6 +64,8 @@ VARIANTS = {
     "gate temperature tau=2": {"adamodal.tau": "2"},
     "matched-centroid imputation": {"adamodal.impute": "cross_attention", "adamodal.cross_attention": "false"},
     # the baseline's own rate, chosen on the same validation scores (the suite's fedavg_dropout)
+    "class-prototype replay 0.5": {"adamodal.replay": "0.5"},
+    "class-prototype replay 0.1": {"adamodal.replay": "0.1"},
     "fedavg with modality dropout 0.3": {"method": "fedavg", "fedavg.modality_dropout": "0.3"},
     "fedavg with modality dropout 0.9": {"method": "fedavg", "fedavg.modality_dropout": "0.9"},
 }

@@ -250,3 +250,14 @@ def test_the_number_of_workers_does_not_invalidate_a_cached_result(tmp_path):
     base.save(tmp_path / "config.toml")
     assert suite._same_config(tmp_path / "config.toml", parallel)
     assert not suite._same_config(tmp_path / "config.toml", suite.suite_config("carmfl", "fedavg", 1, rounds=2))
+
+
+def test_a_run_saved_before_a_key_existed_is_not_the_same_run(tmp_path):
+    """A finished run whose config.toml lacks a key that exists now (a default added since) ran
+    without it: resolving the old file would fill in today's default and make it look current."""
+    cfg = suite.suite_config("carmfl", "adamodal", 0, rounds=2)
+    cfg.save(tmp_path / "config.toml")
+    assert suite._same_config(tmp_path / "config.toml", cfg)
+    lines = (tmp_path / "config.toml").read_text().splitlines()
+    (tmp_path / "config.toml").write_text("\n".join(x for x in lines if "adamodal.beta" not in x) + "\n")
+    assert not suite._same_config(tmp_path / "config.toml", cfg)

@@ -100,11 +100,15 @@ def _write(path: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same_config(path: Path, cfg: Config) -> bool:
-    """Whether a run folder was made with this config; a folder from a version whose keys no
-    longer exist (or a damaged file) is simply not the same run, and is run again."""
+    """Whether a run folder was made with this config. A folder from a version whose keys no
+    longer exist, or that lacked a key this version has (its run never saw the new key's
+    default, which resolving the old file would fill in), or a damaged file, is not the same
+    run, and is run again."""
     try:
-        saved = resolve(load_toml(path))
-        return all(saved.get(k) == v for k, v in cfg.items() if k not in PLACEMENT_KEYS) and set(saved) == set(cfg)
+        raw = load_toml(path)
+        saved = resolve(raw)
+        return (set(raw) == set(cfg) and set(saved) == set(cfg)
+                and all(saved.get(k) == v for k, v in cfg.items() if k not in PLACEMENT_KEYS))
     except AdamodalError:
         return False
 

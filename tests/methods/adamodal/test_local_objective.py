@@ -3,11 +3,18 @@ modality dropout hides one modality of paired rows only."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adamodal.methods.adamodal.local import LocalTerms, dropout_masks, info_nce, local_terms
+from adamodal.methods.adamodal.local import (
+    LocalTerms,
+    dropout_masks,
+    info_nce,
+    local_terms,
+    replay_loss,
+)
 from adamodal.methods.adamodal.net import build_adamodal_net
 from tests.methods.adamodal.conftest import SPEC, toy_batch, toy_knowledge
 
@@ -106,3 +113,70 @@ def test_local_terms_on_an_all_paired_batch_equal_the_gathered_rows():
     assert torch.allclose(local_terms(part, terms), expect, atol=1e-6)
     assert not torch.allclose(all_paired, expect, atol=1e-4)
     assert torch.allclose(all_paired, info_nce(fwd.reps["image"], fwd.reps["text"], terms.infonce_temperature))
+
+
+def _with_prototypes(model, protos: np.ndarray):
+    return model.set_knowledge({**toy_knowledge(), "P_img": protos, "Pn_img": np.ones(len(protos), np.float32)})
+
+
+def test_replay_rows_ride_on_the_batch_without_changing_it():
+    """The prototypes appended to the batch's pass: the batch's logits are what they are
+    without them, and each prototype's logits are those of a one-modality row on its own."""
+    protos = np.random.default_rng(1).normal(size=(4, 16)).astype(np.float32)
+    model = _with_prototypes(build_adamodal_net(SPEC, 0), protos).eval()
+    x_img, x_txt, m_img, m_txt = toy_batch(6, txt=False)
+    fwd = model.run(x_img, x_txt, m_img, m_txt, replay=True)
+    assert torch.allclose(fwd.logits, model.run(x_img, x_txt, m_img, m_txt).logits, atol=1e-6)
+    (logits, labels), = fwd.replay
+    c = model.knowledge.classes["image"]
+    alone, _ = model.gated({"image": c.reps}, {"image": c.z})
+    on = torch.ones(4, dtype=torch.bool)
+    assert torch.allclose(logits, model.classifier(model.fuse(alone, on, ~on)), atol=1e-5)
+    assert labels.tolist() == [0, 1, 2, 3]
+    assert model.run(x_img, x_txt, m_img, m_txt).replay == []  # only when asked
+
+
+def test_replay_reaches_the_shared_head_not_the_projections():
+    protos = np.random.default_rng(1).normal(size=(4, 16)).astype(np.float32)
+    model = _with_prototypes(build_adamodal_net(SPEC, 0), protos).train()
+    replay_loss(model.run(*toy_batch(6), replay=True)).backward()
+    touched = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None and float(p.grad.norm()) > 0}
+    assert {"classifier", "adapter", "gate"} <= touched  # the fusion weighs one modality: exactly 1
+    assert not touched & {"img_proj", "txt_proj"}
+    plain = build_adamodal_net(SPEC, 0).set_knowledge(toy_knowledge())
+    assert replay_loss(plain.run(*toy_batch(6), replay=True)) is None  # no class prototypes
+
+
+def test_replay_teaches_classes_a_client_never_holds():
+    """A client holding classes 0 and 1 only, with the server's prototypes of all four: with
+    replay its model classifies held-out rows of classes 2 and 3 well above chance, without it
+    never."""
+    g = torch.Generator().manual_seed(5)
+    means = torch.randn(4, 12, generator=g) * 2
+    y = torch.arange(4).repeat_interleave(60)
+    x = means[y] + 0.3 * torch.randn(240, 12, generator=g)
+    x_txt = torch.zeros(240, 10)
+    on, off = torch.ones(240, dtype=torch.bool), torch.zeros(240, dtype=torch.bool)
+    unseen = y >= 2
+
+    def trained(replay: float) -> float:
+        model = build_adamodal_net(SPEC, 0, gate=False)
+        with torch.no_grad():  # the server's prototypes: class means of the encoded rows
+            reps = model.encode(x, None, on, off)["image"]
+        _with_prototypes(model, torch.stack([reps[y == c].mean(0) for c in range(4)]).numpy())
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        seen = ~unseen
+        for _ in range(60):
+            fwd = model.run(x[seen], x_txt[seen], on[seen], off[seen], replay=replay > 0)
+            loss = F.cross_entropy(fwd.logits, y[seen])
+            if replay > 0:
+                loss = loss + replay * replay_loss(fwd)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            pred = model.eval()(x[unseen], x_txt[unseen], on[unseen], off[unseen]).argmax(1)
+        return float((pred == y[unseen]).float().mean())
+
+    assert trained(0.0) == 0.0
+    assert trained(0.5) >= 0.4  # chance among the four classes: 0.25

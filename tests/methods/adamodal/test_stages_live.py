@@ -46,6 +46,7 @@ def reference(small_experiment):
     {"adamodal__infonce_weight": 0.0},
     {"adamodal__modality_dropout": 0.0},
     {"adamodal__modality_average": "holders"},
+    {"adamodal__replay": 0.0},
 ], ids=lambda s: "-".join(f"{k.split('__')[1]}={v}" for k, v in s.items()))
 def test_switching_a_stage_changes_one_modality_predictions(small_experiment, reference, switch):
     exp, m, _ = _two_rounds(small_experiment, **switch)

@@ -124,3 +124,28 @@ def test_knowledge_nearest_with_its_cached_norms_is_the_nearest_centre():
     x = torch.randn(20, 16, generator=torch.Generator().manual_seed(2))
     for m in ("image", "text"):
         assert torch.equal(k.nearest(m, x), torch.cdist(x, k.keys[m]).argmin(1))
+
+
+def test_class_prototypes_are_the_label_weighted_means_of_the_centres():
+    """The server's class prototypes: each class's mean over the centres, weighted by how many
+    of its rows each centre holds (from the histograms); a class no client holds is absent."""
+    replies, base = _replies(np.arange(4), clients=2, k=4)
+    for r in replies:  # class 3 held nowhere in images; centre 2 holds class 2 and class 1 rows
+        r["h_img"] = np.array([[5, 0, 0, 0], [0, 5, 0, 0], [0, 1, 3, 0], [0, 0, 0, 0]], np.float64)
+    know, _ = cluster_summaries(replies, 4, cluster=False, seeds=(1, 2), class_protos=True)
+    assert "P_img" not in cluster_summaries(replies, 4, cluster=False, seeds=(1, 2))[0]
+    c = np.concatenate([r["c_img"] for r in replies]).astype(np.float64)
+    h = np.concatenate([r["h_img"] for r in replies])
+    for cls in range(3):
+        expect = (h[:, cls:cls + 1] * c).sum(0) / h[:, cls].sum()
+        np.testing.assert_allclose(know["P_img"][cls], expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(know["Pn_img"], h.sum(0))
+    k = Knowledge.from_arrays(know, "cpu")
+    image = k.classes["image"]
+    assert image.labels.tolist() == [0, 1, 2] and len(image.reps) == 3  # class 3: nobody holds it
+    assert k.classes["text"].labels.tolist() == [0, 1, 2, 3]
+    # what the gate mixes each prototype with: the Z of its nearest server centre
+    # (no Z here: the prototypes are the centres; two clients' centres of a class tie within noise)
+    dist = torch.cdist(image.reps, k.keys["image"])
+    chosen = torch.cdist(image.z, k.protos["image"]).argmin(1)
+    assert torch.allclose(dist.gather(1, chosen[:, None]).squeeze(1), dist.min(1).values, atol=1e-4)

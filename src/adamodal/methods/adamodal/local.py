@@ -2,7 +2,9 @@
 
 ``L = L_task + infonce_weight * InfoNCE(P_img, P_txt)`` (paired rows; stage 1's shared space)
 ``+ impute_weight * ||CA(r_src) - r_tgt||^2`` (paired rows; stage 3's imputer)
-``+ beta * ||r - z_k||^2`` (stage 4's propagation), with modality dropout on paired rows: one
+``+ beta * ||r - z_k||^2`` (stage 4's propagation) ``+ replay * CE(head(P_c), c)`` (the
+server's class prototypes, each a one-modality row of its class: a client rehearses the classes
+other clients hold; multiclass tasks), with modality dropout on paired rows: one
 modality of a row is hidden with probability ``modality_dropout`` so that the shared fusion
 and classifier learn to predict from one modality (imputed or, under ``impute=zero``, masked),
 which is what the unimodal clients predict from. The random draws come from the client's
@@ -45,6 +47,7 @@ class LocalTerms:
     impute_weight: float = 1.0
     beta: float = 0.1
     modality_dropout: float = 0.9
+    replay: float = 0.1
 
 
 def dropout_masks(m_img: torch.Tensor, m_txt: torch.Tensor, p: float,
@@ -73,6 +76,16 @@ def local_terms(fwd: Forward, terms: LocalTerms) -> torch.Tensor:
     return loss
 
 
+def replay_loss(fwd: Forward) -> torch.Tensor | None:
+    """The mean over modalities of the class prototypes' cross-entropy (each prototype went
+    through the gate, the fusion and the classifier as a one-modality row of its class, in the
+    batch's pass: :meth:`AdaModalNet.run` with ``replay``): every client rehearses the classes
+    other clients hold. None without prototypes."""
+    if not fwd.replay:
+        return None
+    return sum(F.cross_entropy(logits, labels) for logits, labels in fwd.replay) / len(fwd.replay)
+
+
 BatchExtra = Callable[[AdaModalNet, Tensors, Forward], torch.Tensor]
 
 
@@ -85,12 +98,16 @@ def train_local(model: AdaModalNet, data: Tensors, cfg: dict, terms: LocalTerms,
     data = data.to(device)
     opt = make_optimizer(model.parameters(), cfg)
     paired_possible = terms.infonce_weight > 0 or terms.impute_weight > 0
+    replay = terms.replay > 0 and task == "multiclass"
 
     def batch_loss(rows: torch.Tensor) -> torch.Tensor:
         b = data.subset(rows)
         hide = dropout_masks(b.m_img, b.m_txt, terms.modality_dropout, generator)
-        fwd = model.run(b.x_img, b.x_txt, b.m_img, b.m_txt, hide=hide, impute_all=paired_possible)
+        fwd = model.run(b.x_img, b.x_txt, b.m_img, b.m_txt, hide=hide, impute_all=paired_possible, replay=replay)
         loss = task_loss(fwd.logits, b.y, task) + local_terms(fwd, terms)
+        rehearsed = replay_loss(fwd)
+        if rehearsed is not None:
+            loss = loss + terms.replay * rehearsed
         return loss if extra is None else loss + extra(model, b, fwd)
 
     return minibatch_epochs(len(data), epochs, int(cfg["batch_size"]), opt, batch_loss, generator)

@@ -1,7 +1,8 @@
 """Every array name AdaModal-Fed puts on the wire, in one place.
 
 ``g.<param>``: a global parameter sent down; ``k.<name>``: the server's knowledge (``C_img``,
-``C_txt``, ``pi``, ``Z_img``, ``Z_txt``, ``mean_img``, ``mean_txt``); ``t<i>.<param>``: teacher
+``C_txt``, ``pi``, ``Z_img``, ``Z_txt``, ``mean_img``, ``mean_txt``, and under ``replay`` the
+class prototypes ``P_img``, ``P_txt`` with their row counts ``Pn_img``, ``Pn_txt``); ``t<i>.<param>``: teacher
 i's parameters relayed for distillation, with ``t<i>.__modalities``; summaries go up as
 ``c_<m>`` (centroids), ``n_<m>`` (counts), ``h_<m>`` (label histograms).
 """

@@ -58,7 +58,8 @@ class AdaModalFed(Method):
         self.opt = read_options(cfg)
         o = self.opt
         self.terms = LocalTerms(float(o["infonce_weight"]), float(o["infonce_temperature"]),
-                                float(o["impute_weight"]), float(o["beta"]), float(o["modality_dropout"]))
+                                float(o["impute_weight"]), float(o["beta"]), float(o["modality_dropout"]),
+                                float(o["replay"]))
         self._initial: dict[str, np.ndarray] | None = None
         self._server_model: AdaModalNet | None = None
         self._loaded: LoadedFrom | None = None
@@ -218,7 +219,8 @@ class AdaModalFed(Method):
         seeds = tuple(int(np.random.SeedSequence([self.seed, rnd, 17, i]).generate_state(1)[0]) for i in range(2))
         know, metrics = cluster_summaries([r.arrays for r in replies.values()], int(self.opt["k"]),
                                           cluster=bool(self.opt["cluster"]), seeds=seeds,  # type: ignore[arg-type]
-                                          match_labels=float(self.opt["match_labels"]))
+                                          match_labels=float(self.opt["match_labels"]),
+                                          class_protos=float(self.opt["replay"]) > 0)
         self.diagnostics.update(metrics)
         if "pi" in know:
             k = Knowledge.from_arrays({x: know[x] for x in ("C_img", "C_txt", "pi")}, self.device)

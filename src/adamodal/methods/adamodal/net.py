@@ -124,6 +124,8 @@ class Forward:
     protos: dict[str, torch.Tensor] = field(default_factory=dict)
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     imputed: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: under ``replay``: per modality with class prototypes, (their logits, their classes)
+    replay: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 class AdaModalNet(MultimodalNet):
@@ -190,10 +192,12 @@ class AdaModalNet(MultimodalNet):
 
     def run(self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None, m_img: torch.Tensor,
             m_txt: torch.Tensor, hide: dict[str, torch.Tensor] | None = None,
-            impute_all: bool = False) -> Forward:
+            impute_all: bool = False, replay: bool = False) -> Forward:
         """Encode, gate, impute, fuse. ``hide`` masks rows of a modality the row really has
         (modality dropout in training): the hidden slot is imputed like a missing one.
-        ``impute_all`` imputes every row (the imputation loss needs the paired rows too)."""
+        ``impute_all`` imputes every row (the imputation loss needs the paired rows too).
+        ``replay`` appends the server's class prototypes as one-modality rows to the fusion's
+        input; their logits come back in ``Forward.replay``, the batch's in ``logits``."""
         reps = self.encode(x_img, x_txt, m_img, m_txt)
         none = torch.zeros_like(m_img)
         rows = {"image": m_img if "image" in reps else none, "text": m_txt if "text" in reps else none}
@@ -218,8 +222,40 @@ class AdaModalNet(MultimodalNet):
                 out.imputed[target] = imp
                 final[target] = torch.where(fill.unsqueeze(-1), imp, final[target]) if target in final else imp
                 masks[target] = masks[target] | fill
-        out.logits = self.classifier(self.fuse(final, masks["image"], masks["text"]))
+        classes = self.knowledge.classes if replay and self.knowledge is not None else {}
+        if not classes:
+            out.logits = self.classifier(self.fuse(final, masks["image"], masks["text"]))
+            return out
+        final, masks, sizes = self._with_prototype_rows(final, masks, classes)
+        logits = self.classifier(self.fuse(final, masks["image"], masks["text"]))
+        out.logits, *parts = logits.split([len(m_img), *sizes])
+        out.replay = [(part, c.labels) for part, c in zip(parts, classes.values(), strict=True)]
         return out
+
+    def _with_prototype_rows(self, final: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                             classes: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[int]]:
+        """The batch's fusion inputs with the class prototypes appended as one-modality rows
+        (gated like any row): the replay term rides on the batch's own pass through the fusion
+        and classifier, whose small layers cost per call, not per row."""
+        extra = {m: c.reps for m, c in classes.items()}
+        if self.use_gate:
+            extra, _ = self.gated(extra, {m: c.z for m, c in classes.items()})
+        sizes = [len(c.reps) for c in classes.values()]
+        batch = len(masks["image"])
+        ref = next(iter(extra.values()))
+        grown, grown_masks = {}, {}
+        for m in ("image", "text"):
+            if m not in final and m not in extra:
+                continue
+            parts = [final.get(m, ref.new_zeros(batch, ref.shape[1]))]
+            parts += [extra[e] if e == m else ref.new_zeros(n, ref.shape[1]) for e, n in zip(classes, sizes, strict=True)]
+            grown[m] = torch.cat(parts)
+            flags = [masks[m] if m in final else torch.zeros_like(masks[m])]
+            flags += [torch.full((n,), e == m, dtype=torch.bool, device=ref.device) for e, n in zip(classes, sizes, strict=True)]
+            grown_masks[m] = torch.cat(flags)
+        for m in ("image", "text"):
+            grown_masks.setdefault(m, torch.zeros(batch + sum(sizes), dtype=torch.bool, device=ref.device))
+        return grown, grown_masks, sizes
 
     def forward(self, x_img: torch.Tensor | None, x_txt: torch.Tensor | None, m_img: torch.Tensor,
                 m_txt: torch.Tensor) -> torch.Tensor:

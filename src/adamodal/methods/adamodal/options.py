@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "adamodal.gate": True,
     "adamodal.tau": 1.0,
     "adamodal.beta": 0.1,
+    "adamodal.replay": 0.1,  # weight of the class-prototype replay term (multiclass tasks)
     # local training and the global update
     "adamodal.modality_dropout": 0.9,
     "adamodal.contribution": "size",
@@ -70,7 +71,7 @@ def read_options(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("kd_temperature", "infonce_temperature", "tau", "tau_c", "dp_clip"):
         if float(o[key]) <= 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be > 0")
-    for key in ("kd_weight", "infonce_weight", "beta", "dp_sigma", "impute_weight", "match_labels"):
+    for key in ("kd_weight", "infonce_weight", "beta", "dp_sigma", "impute_weight", "match_labels", "replay"):
         if float(o[key]) < 0:
             raise ConfigError(f"adamodal.{key}: {o[key]} must be >= 0")
     for key in ("k_local", "k", "heads", "kd_teachers", "min_count"):

@@ -32,13 +32,25 @@ SUFFIX = {"image": "img", "text": "txt"}
 
 
 @dataclass
+class ClassPrototypes:
+    """One modality's class prototypes (the classes some client holds there): ``reps`` in the
+    shared space, their ``labels``, and ``z``, the Z of each one's nearest server centre (what
+    the forget gate mixes it with; fixed for as long as the knowledge is)."""
+
+    reps: torch.Tensor
+    labels: torch.Tensor
+    z: torch.Tensor
+
+
+@dataclass
 class Knowledge:
     """What the server broadcasts about the shared space, as tensors on the model's device.
 
     ``keys[m]`` are the server's centroids of modality m, row-aligned across modalities by the
     Hungarian pairing (row j of image and row j of text are a matched pair); ``protos[m]`` the
     cluster-level global representations Z (one row per centroid); ``means[m]`` the
-    count-weighted mean of modality m (for ``impute=mean``).
+    count-weighted mean of modality m (for ``impute=mean``); ``classes[m]`` the class prototypes
+    of modality m and their class indices (for the replay term).
     """
 
     keys: dict[str, torch.Tensor]
@@ -47,6 +59,8 @@ class Knowledge:
     paired: bool
     #: ``||key||^2`` per modality, computed once: every training batch looks up its rows' nearest key
     key_norms: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: per modality, the class prototypes the replay term feeds
+    classes: dict[str, ClassPrototypes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.key_norms = {m: (c * c).sum(1) for m, c in self.keys.items()}
@@ -75,7 +89,14 @@ class Knowledge:
         for m, s in SUFFIX.items():
             if m in keys:  # Z rows follow the pair order; without Z the centroids are the prototypes
                 protos[m] = t(arrays[f"Z_{s}"]) if f"Z_{s}" in arrays else keys[m]
-        return Knowledge(keys, protos, means, paired)
+        know = Knowledge(keys, protos, means, paired)
+        for m, s in SUFFIX.items():
+            if f"P_{s}" in arrays and m in keys:
+                held = np.flatnonzero(np.asarray(arrays[f"Pn_{s}"]) > 0)
+                reps = t(np.asarray(arrays[f"P_{s}"])[held])
+                know.classes[m] = ClassPrototypes(reps, torch.as_tensor(held, dtype=torch.long, device=device),
+                                                  protos[m][know.nearest(m, reps)])
+        return know
 
 
 def nearest(x: torch.Tensor, centers: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,7 +190,7 @@ def _stack(replies: list[dict[str, np.ndarray]], s: str) -> tuple[np.ndarray, np
 
 
 def cluster_summaries(replies: list[dict[str, np.ndarray]], k: int, *, cluster: bool,
-                      seeds: tuple[int, int], match_labels: float = 0.0,
+                      seeds: tuple[int, int], match_labels: float = 0.0, class_protos: bool = False,
                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """The server's knowledge (``C_img``, ``C_txt``, ``pi``, ``mean_*``; Z is added by the
     imputation stage) and its diagnostics (``class_agreement`` of the matched pairs).
@@ -179,6 +200,8 @@ def cluster_summaries(replies: list[dict[str, np.ndarray]], k: int, *, cluster: 
     > 0 adds ``match_labels * (1 - cosine)`` of the two centres' label histograms to the
     pairing cost: the spaces' geometry alone pairs classes by chance until they are aligned,
     while the histograms (aggregates the clients already send) say which centres share classes.
+    ``class_protos`` adds, per modality, ``P_<m>`` (each class's mean over the centres, weighted
+    by its rows at each) and ``Pn_<m>`` (its rows in all): the prototypes the replay term feeds.
     """
     stacked = {m: _stack(replies, s) for m, s in SUFFIX.items() if any(len(r.get(f"c_{s}", ())) for r in replies)}
     if not stacked:
@@ -196,6 +219,10 @@ def cluster_summaries(replies: list[dict[str, np.ndarray]], k: int, *, cluster: 
             owner = ((c[:, None, :] - cc[None, :, :].astype(np.float64)) ** 2).sum(-1).argmin(1)
             hists[m] = np.zeros((len(cc), hist.shape[1]))
             np.add.at(hists[m], owner, hist)
+            if class_protos:  # each class's mean over the centres, weighted by its rows there
+                held = hists[m].sum(0)
+                out[f"P_{s}"] = ((hists[m].T @ cc) / np.maximum(held, 1e-12)[:, None]).astype(np.float32)
+                out[f"Pn_{s}"] = held.astype(np.float32)
     metrics: dict[str, float] = {}
     if len(stacked) == 2:
         extra = (match_labels * cosine_cost(hists["image"], hists["text"])
