@@ -152,7 +152,7 @@ def test_fedavg_goes_on_when_a_site_is_killed_in_round_2(consortium, tmp_path, c
     t0 = time.monotonic()
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(flower_run, c, out, server, "method=fedavg", "min_clients=2", timeout=KILL_TIMEOUT)
-        _kill_in_round_2(c, out, "supernode2", signal.SIGKILL)
+        _kill_in_round_2(c, out, "supernode2", signal.SIGKILL, run)
         assert run.result(timeout=600) == 0
     took = time.monotonic() - t0
     text = capsys.readouterr().out
