@@ -250,7 +250,7 @@ class AdaModalNet(MultimodalNet):
             parts = [final.get(m, ref.new_zeros(batch, ref.shape[1]))]
             parts += [extra[e] if e == m else ref.new_zeros(n, ref.shape[1]) for e, n in zip(classes, sizes, strict=True)]
             grown[m] = torch.cat(parts)
-            flags = [masks[m] if m in final else torch.zeros_like(masks[m])]
+            flags = [masks[m]]  # all False where the batch has no such modality
             flags += [torch.full((n,), e == m, dtype=torch.bool, device=ref.device) for e, n in zip(classes, sizes, strict=True)]
             grown_masks[m] = torch.cat(flags)
         for m in ("image", "text"):
